@@ -1,0 +1,172 @@
+"""python -m pytest tests/test_data.py -v"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import fineweb
+from conftest import REPO
+from fineweb import ShardError, list_shards, read_shard, write_shard
+from tokenizer import EOT, get_encoding
+from train_gpt import DataLoaderLite
+
+
+def make_shards(tmp_path, sizes, start=0):
+    """Shards of consecutive ids (start, start+1, ...), the first one val: easy to check positions."""
+    n = start
+    for i, size in enumerate(sizes):
+        write_shard(fineweb.shard_path(str(tmp_path), "val" if i == 0 else "train", i),
+                    np.arange(n, n + size, dtype=np.uint16))
+        n += size
+    return tmp_path
+
+
+def test_shard_round_trip(tmp_path):
+    """write_shard then read_shard gives back the same uint16 tokens."""
+    tokens = np.random.default_rng(0).integers(0, 50257, 1000).astype(np.uint16)
+    write_shard(str(tmp_path / "val_000000.bin"), tokens)
+    assert np.array_equal(read_shard(str(tmp_path / "val_000000.bin")), tokens)
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was renamed away
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda b: b"\x00\x00\x00\x00" + b[4:], "bad magic"),
+    (lambda b: b[:4] + np.int32(7).tobytes() + b[8:], "version 7"),
+    (lambda b: b[:-2], "truncated"),
+    (lambda b: b[:100], "bad magic"),  # shorter than a header
+])
+def test_shard_header_is_checked(tmp_path, damage, message):
+    """A wrong magic number, an unknown version or a truncated body raise ShardError, not garbage."""
+    path = tmp_path / "train_000001.bin"
+    write_shard(str(path), np.arange(100, dtype=np.uint16))
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ShardError, match=message):
+        read_shard(str(path))
+
+
+def test_fineweb_documents_and_splits(corpus_slice, corpus_shards):
+    """Shards hold every document as <|endoftext|> + its tokens, in order; the first shard is val."""
+    enc = get_encoding()
+    expected = []
+    with open(corpus_slice) as f:
+        for line in f:
+            expected += [EOT] + enc.encode_ordinary(json.loads(line)["text"])
+    val, train = list_shards(str(corpus_shards), "val"), list_shards(str(corpus_shards), "train")
+    assert [os.path.basename(p) for p in val] == ["val_000000.bin"]
+    assert os.path.basename(train[0]) == "train_000001.bin" and len(train) >= 3
+    got = np.concatenate([read_shard(p) for p in val + train])
+    assert len(read_shard(val[0])) == 16384
+    assert got.tolist() == expected
+
+
+def test_fineweb_same_bytes_for_any_worker_count(corpus_slice, tmp_path):
+    """1 and 2 tokenizer processes write byte-identical shards."""
+    outs = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        fineweb.main(["--input", str(corpus_slice), "--out-dir", str(out), "--shard-size", "30000",
+                      "--workers", str(workers)])
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outs[0] == outs[1] and len(outs[0]) >= 3
+
+
+def test_fineweb_text_parquet_and_max_tokens(tmp_path):
+    """.txt (one document per file) and .parquet inputs work, and --max-tokens stops at that count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "a.txt").write_text("The first document.\nIt has two lines.\n")
+    pq.write_table(pa.table({"text": ["Second document.", "Third one, a bit longer than that."]}),
+                   tmp_path / "b.parquet")
+    out = tmp_path / "out"
+    fineweb.main(["--input", str(tmp_path / "a.txt"), str(tmp_path / "b.parquet"), "--out-dir", str(out)])
+    enc = get_encoding()
+    want = [EOT] + enc.encode_ordinary("The first document.\nIt has two lines.\n")
+    for t in ("Second document.", "Third one, a bit longer than that."):
+        want += [EOT] + enc.encode_ordinary(t)
+    shards = list_shards(str(out), "val") + list_shards(str(out), "train")
+    assert np.concatenate([read_shard(p) for p in shards]).tolist() == want
+    # the input is smaller than one shard: 10% of it is val, the rest train
+    assert len(read_shard(shards[0])) == len(want) // 10
+    out2 = tmp_path / "out2"
+    fineweb.main(["--input", str(tmp_path / "a.txt"), str(tmp_path / "b.parquet"), "--out-dir", str(out2),
+                  "--max-tokens", "15", "--shard-size", "10"])
+    shards = list_shards(str(out2), "val") + list_shards(str(out2), "train")
+    assert np.concatenate([read_shard(p) for p in shards]).tolist() == want[:15]
+
+
+def test_fineweb_bad_input_type(tmp_path):
+    """An input that isn't .txt, .jsonl or .parquet is refused before any work."""
+    (tmp_path / "a.csv").write_text("text\nhello\n")
+    with pytest.raises(SystemExit, match="must be .txt, .jsonl or .parquet"):
+        fineweb.main(["--input", str(tmp_path / "a.csv"), "--out-dir", str(tmp_path / "out")])
+
+
+def test_fineweb_offline_hub_says_use_input(tmp_path):
+    """Without the hub, the default source fails with one line that points to --input."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "fineweb.py"), "--out-dir", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "--input" in last
+    assert "Traceback" not in r.stderr
+
+
+def test_loader_shifts_targets_by_one(tmp_path):
+    """y is x shifted left by one token."""
+    make_shards(tmp_path, [100, 1000])
+    x, y = DataLoaderLite(str(tmp_path), "train", 2, 8).next_batch()
+    assert x.shape == y.shape == (2, 8)
+    assert torch.equal(x.flatten() + 1, y.flatten())  # consecutive ids
+    assert x[0, 0].item() == 100 and x[1, 0].item() == 108
+
+
+def test_loader_ranks_are_disjoint(tmp_path):
+    """Two ranks together read what one process reads, in turn, and never the same tokens."""
+    make_shards(tmp_path, [100, 193, 193])  # 193 = 12 rounds of 2 ranks x 8 tokens, + 1 for the last target
+    single = DataLoaderLite(str(tmp_path), "train", 2, 4)
+    ranks = [DataLoaderLite(str(tmp_path), "train", 2, 4, rank=r, world_size=2) for r in range(2)]
+    seen = set()
+    for _ in range(20):
+        for r in ranks:
+            x, _ = r.next_batch()
+            assert torch.equal(x, single.next_batch()[0])
+            assert not seen & set(x.flatten().tolist())
+            seen |= set(x.flatten().tolist())
+
+
+def test_loader_wraps_to_next_shard_and_around(tmp_path):
+    """At the end of a shard the loader moves to the next one, and from the last back to the first."""
+    make_shards(tmp_path, [100, 50, 50])  # train shards hold ids 100..149 and 150..199
+    loader = DataLoaderLite(str(tmp_path), "train", 1, 16)
+    firsts = [loader.next_batch()[0][0, 0].item() for _ in range(7)]
+    # 50 tokens: batches at 0, 16, 32 (48 + 16 + 1 > 50: next shard), the same in the next shard, wrap
+    assert firsts == [100, 116, 132, 150, 166, 182, 100]
+
+
+def test_loader_state_round_trip(tmp_path):
+    """A loader restored from state_dict() continues exactly where the first one was."""
+    make_shards(tmp_path, [100, 300, 300])
+    a = DataLoaderLite(str(tmp_path), "train", 2, 8)
+    for _ in range(25):
+        a.next_batch()
+    b = DataLoaderLite(str(tmp_path), "train", 2, 8)
+    b.load_state_dict(a.state_dict())
+    for _ in range(30):
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+def test_loader_errors(tmp_path):
+    """A missing data dir, a split without shards, or a shard smaller than a batch raise ShardError."""
+    with pytest.raises(ShardError, match="not found"):
+        DataLoaderLite(str(tmp_path / "nope"), "train", 2, 8)
+    make_shards(tmp_path, [100])
+    with pytest.raises(ShardError, match="no train shards"):
+        DataLoaderLite(str(tmp_path), "train", 2, 8)
+    with pytest.raises(ShardError, match="fewer than one batch"):
+        DataLoaderLite(str(tmp_path), "val", 4, 32)
