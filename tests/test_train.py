@@ -1,0 +1,155 @@
+"""python -m pytest tests/test_train.py -v"""
+
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import generate
+import train_gpt
+from train_gpt import TrainConfig, get_lr, parse_config
+
+
+def train(shards, out, *flags):
+    """A tiny-preset run on CPU in float32 (bit-reproducible)."""
+    train_gpt.main(["--preset", "tiny", "--data-dir", str(shards), "--out-dir", str(out), "--dtype", "float32",
+                    "--device", "cpu", *flags])
+
+
+def read_log(out) -> list[dict]:
+    with open(out / "log.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def metric(log, name) -> dict[int, float]:
+    return {e["step"]: e[name] for e in log if name in e}
+
+
+def test_defaults_are_the_reference_run():
+    """With no flags, train_gpt.py is the reference run: seed model, 32,768 tokens/step, 12,207 steps."""
+    cfg = parse_config([])
+    assert cfg == TrainConfig()
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab_size) == (4, 8, 256, 1024, 50304)
+    assert (cfg.batch_size, cfg.seq_len, cfg.total_batch_size) == (4, 512, 32768)
+    assert (cfg.max_steps, cfg.warmup_steps, cfg.max_lr, cfg.min_lr) == (12207, 469, 6e-4, 6e-5)
+    assert (cfg.weight_decay, cfg.grad_clip, cfg.checkpoint_every) == (0.1, 1.0, 5000)
+
+
+def test_preset_then_flags():
+    """--preset sets every field; flags given explicitly override it, whatever their order."""
+    cfg = parse_config(["--max-steps", "7", "--preset", "tiny", "--no-resume"])
+    want = asdict(train_gpt.preset_config("tiny"))
+    want["max_steps"] = 7
+    assert asdict(cfg) == want
+    assert parse_config(["--preset", "gpt2"]).n_layer == 12
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--n-embd", "250"], "divisible by n_head"),
+    (["--total-batch-size", "3000"], "must be a multiple of --batch-size x --seq-len"),
+    (["--seq-len", "2048"], "longer than the model's context"),
+    (["--max-steps", "0"], "--max-steps must be positive"),
+    (["--max-lr", "0"], "--max-lr must be positive"),
+    (["--max-steps", "100"], "--warmup-steps 469 is more than --max-steps 100"),
+])
+def test_bad_flags_get_one_clear_line(flags, message):
+    """Flag values that can't work exit with a one-line error naming the flag."""
+    with pytest.raises(SystemExit) as e:
+        parse_config(flags)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_lr_schedule():
+    """Linear warmup from max_lr/warmup, max_lr at the end of warmup, cosine down to min_lr at max_steps."""
+    cfg = TrainConfig()
+    assert get_lr(0, cfg) == pytest.approx(6e-4 / 469)
+    assert get_lr(468, cfg) == pytest.approx(6e-4)  # the last warmup step
+    assert get_lr(469, cfg) == pytest.approx(6e-4)  # cosine starts at its top
+    mid = (469 + 12207) // 2
+    assert get_lr(mid, cfg) == pytest.approx((6e-4 + 6e-5) / 2, rel=1e-3)
+    assert get_lr(12206, cfg) == pytest.approx(6e-5, rel=1e-6)  # the last update
+    assert get_lr(12207, cfg) == pytest.approx(6e-5)
+    lrs = [get_lr(s, cfg) for s in range(469, 12208)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_shards, tmp_path_factory):
+    """fineweb.py's shards of a corpus slice, then 40 steps of the tiny preset."""
+    out = tmp_path_factory.mktemp("run")
+    train(corpus_shards, out, "--max-steps", "40", "--val-every", "20", "--sample-every", "20",
+          "--checkpoint-every", "25")
+    return out
+
+
+def test_end_to_end_val_loss_falls(trained):
+    """On real text, val loss falls well below its starting value ln(50304) ~ 10.8."""
+    val = metric(read_log(trained), "val_loss")
+    assert sorted(val) == [0, 20, 40]
+    assert abs(val[0] - math.log(50304)) < 0.3
+    assert val[40] < val[0] - 2.0
+
+
+def test_log_and_samples(trained):
+    """log.jsonl has one train_loss per step 0..39, samples at the first step and the end."""
+    log = read_log(trained)
+    assert [e["step"] for e in log if "train_loss" in e] == list(range(40))
+    samples = metric(log, "samples")
+    assert sorted(samples) == [0, 20, 40]
+    assert len(samples[40]) == 4 and all(s.startswith("Hello, I'm a language model,") for s in samples[40])
+    assert log[0]["event"] == "start" and log[0]["config"]["preset"] == "tiny"
+
+
+def test_checkpoints(trained):
+    """Checkpoints at every --checkpoint-every steps and the last; they load with weights_only=True."""
+    assert sorted(p.name for p in trained.glob("ckpt_*")) == ["ckpt_000025.pt", "ckpt_000040.pt"]
+    ckpt = torch.load(trained / "ckpt_000040.pt", weights_only=True)
+    assert ckpt["step"] == 40 and ckpt["config"]["n_embd"] == 32
+    assert {"model", "optimizer", "train_loader", "rng", "log_bytes"} <= set(ckpt)
+
+
+def test_resume_reproduces_the_uninterrupted_run(corpus_shards, tmp_path):
+    """Stopped at a checkpoint and resumed, a run logs the same losses and ends with the same weights."""
+    flags = ["--max-steps", "12", "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "4"]
+    train(corpus_shards, tmp_path / "a", *flags)
+    train(corpus_shards, tmp_path / "b", *flags)
+    # throw away everything after step 6 (the later checkpoint; the log is cut back by the resume)
+    (tmp_path / "b" / "ckpt_000012.pt").unlink()
+    train(corpus_shards, tmp_path / "b", *flags, "--resume")
+    log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert metric(log_a, "train_loss") == metric(log_b, "train_loss")  # exact, not approximate
+    assert metric(log_a, "val_loss") == metric(log_b, "val_loss")
+    assert [e["step"] for e in log_b if "train_loss" in e] == list(range(12))  # no step twice
+    a = torch.load(tmp_path / "a" / "ckpt_000012.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt_000012.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_resume_refuses_another_model(corpus_shards, trained, tmp_path):
+    """--resume with a different model configuration is refused, naming the flag."""
+    import shutil
+    shutil.copytree(trained, tmp_path / "run")
+    with pytest.raises(SystemExit, match="--n-embd 32 \\(now 64\\)"):
+        train(corpus_shards, tmp_path / "run", "--max-steps", "40", "--n-embd", "64", "--resume")
+
+
+def test_generate_is_deterministic(trained, capsys):
+    """generate.py: the same seed gives the same text; another seed, other text; file or dir alike."""
+    args = ["--num-samples", "2", "--max-new-tokens", "12", "--device", "cpu"]
+    a = generate.main(["--checkpoint", str(trained), "--seed", "1", *args])
+    b = generate.main(["--checkpoint", str(trained / "ckpt_000040.pt"), "--seed", "1", *args])
+    c = generate.main(["--checkpoint", str(trained), "--seed", "2", *args])
+    assert a == b and a != c
+    assert len(a) == 2 and all(s.startswith("Hello, I'm a language model,") for s in a)
+    assert "--- sample 1" in capsys.readouterr().out
+
+
+def test_generate_errors(tmp_path):
+    """No checkpoint, or a prompt as long as the context, give a one-line error."""
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        generate.main(["--checkpoint", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not found"):
+        generate.main(["--checkpoint", str(tmp_path / "x.pt")])

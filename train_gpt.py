@@ -1,0 +1,524 @@
+"""
+Train a GPT-2 style model on token shards written by fineweb.py.
+
+    python train_gpt.py                                   # the reference run: `seed` preset, ~16M params
+    python train_gpt.py --preset tiny --max-steps 100     # a quick run on a laptop CPU
+    python train_gpt.py --resume                          # continue the latest checkpoint in --out-dir
+    torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2
+
+Every field of TrainConfig is a flag (--max-steps, --batch-size, ...); --preset picks a whole
+configuration and the other flags override it. Metrics go to <out-dir>/log.jsonl, one JSON object per
+event, and checkpoints to <out-dir>/ckpt_<step>.pt.
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fineweb import ShardError, list_shards, read_shard
+from model import GPT, PRESETS, GPTConfig
+from tokenizer import get_encoding
+
+# -----------------------------------------------------------------------------
+# config
+
+
+def _f(default, help: str, **kw):
+    """A config field with its --help text."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    preset: str = _f("seed", "a whole configuration; other flags override it", choices=("seed", "gpt2", "tiny"))
+    # model (see model.GPTConfig)
+    n_layer: int = _f(4, "transformer blocks")
+    n_head: int = _f(8, "attention heads per block")
+    n_embd: int = _f(256, "width of the residual stream")
+    block_size: int = _f(1024, "context length of the model")
+    vocab_size: int = _f(50304, "vocabulary size (GPT-2's 50,257 padded to a multiple of 64)")
+    # data and batch
+    data_dir: str = _f("edu_fineweb10B", "folder of token shards written by fineweb.py")
+    batch_size: int = _f(4, "micro-batch: sequences per forward pass, per process")
+    seq_len: int = _f(512, "tokens per sequence (at most --block-size)")
+    total_batch_size: int = _f(32768, "tokens per optimizer step, reached by gradient accumulation")
+    # optimization
+    max_steps: int = _f(12207, "optimizer steps")
+    warmup_steps: int = _f(469, "steps of linear learning-rate warmup")
+    max_lr: float = _f(6e-4, "peak learning rate, reached at the end of warmup")
+    min_lr: float = _f(6e-5, "learning rate at the last step, after cosine decay")
+    weight_decay: float = _f(0.1, "AdamW weight decay, applied to matrices only")
+    grad_clip: float = _f(1.0, "clip the gradient's global norm to this (0: no clipping)")
+    # evaluation, samples and checkpoints (0 turns an event off)
+    val_every: int = _f(250, "val loss every N steps and at the end")
+    val_steps: int = _f(20, "micro-batches of val tokens per val loss (always the same tokens)")
+    sample_every: int = _f(250, "samples every N steps, at the first step and at the end")
+    sample_prompt: str = _f("Hello, I'm a language model,", "prompt of the samples")
+    num_samples: int = _f(4, "samples drawn each time")
+    sample_len: int = _f(32, "new tokens per sample")
+    checkpoint_every: int = _f(5000, "checkpoint every N steps and at the end")
+    # run
+    out_dir: str = _f("log", "where log.jsonl and the checkpoints go")
+    device: str = _f("auto", "cuda, mps, cpu, or auto (the first of those that is available)")
+    dtype: str = _f("auto", "autocast dtype: auto (bfloat16 where the device supports it), bfloat16 or float32",
+                    choices=("auto", "bfloat16", "float32"))
+    seed: int = _f(1337, "random seed of the initialisation")
+    resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run")
+
+
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+# fields that a resumed run must share with its checkpoint: they fix the model and the order of the data
+RESUME_FIELDS = MODEL_FIELDS + ("batch_size", "seq_len", "total_batch_size")
+
+
+def _model_fields(name: str) -> dict:
+    return {k: getattr(PRESETS[name], k) for k in MODEL_FIELDS}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The configuration of a preset: plain values, no magic."""
+    if name == "seed":  # the reference run
+        return TrainConfig()
+    if name == "gpt2":  # GPT-2 124M on 10B tokens, as build-nanogpt: 0.5M tokens per step, 1 epoch
+        return TrainConfig(preset="gpt2", **_model_fields("gpt2"), batch_size=64, seq_len=1024,
+                           total_batch_size=524288, max_steps=19073, warmup_steps=715)
+    if name == "tiny":  # for tests and smoke runs: seconds on a CPU
+        return TrainConfig(preset="tiny", **_model_fields("tiny"), batch_size=4, seq_len=64,
+                           total_batch_size=512, max_steps=50, warmup_steps=5, max_lr=1e-2, min_lr=1e-3,
+                           val_every=10, val_steps=2, sample_every=0, sample_len=8, checkpoint_every=25)
+    raise ValueError(f"unknown preset {name!r}")
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Flags -> TrainConfig: the preset's values first, then every flag given explicitly."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="seed", choices=fields(TrainConfig)[0].metadata["choices"])
+    known, _ = pre.parse_known_args(argv)
+    defaults = preset_config(known.preset)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        kw = dict(default=default, help=f.metadata["help"] + " (default: %(default)s)")
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(default)
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    try:
+        check_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
+    return cfg
+
+
+def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Raise ValueError, with the flag to change, for values that can't work together."""
+    model_config(cfg)  # GPTConfig checks its own fields
+    for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "max_lr"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "min_lr", "weight_decay", "grad_clip", "val_every", "val_steps",
+                 "sample_every", "num_samples", "sample_len", "checkpoint_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} can't be negative, got {getattr(cfg, name)}")
+    if cfg.seq_len > cfg.block_size:
+        raise ValueError(f"--seq-len {cfg.seq_len} is longer than the model's context --block-size {cfg.block_size}")
+    tokens_per_micro_step = cfg.batch_size * cfg.seq_len * world_size
+    if cfg.total_batch_size % tokens_per_micro_step != 0:
+        raise ValueError(f"--total-batch-size {cfg.total_batch_size} must be a multiple of --batch-size x "
+                         f"--seq-len x processes = {cfg.batch_size} x {cfg.seq_len} x {world_size} "
+                         f"= {tokens_per_micro_step}")
+    if cfg.warmup_steps > cfg.max_steps:
+        raise ValueError(f"--warmup-steps {cfg.warmup_steps} is more than --max-steps {cfg.max_steps}")
+    if cfg.min_lr > cfg.max_lr:
+        raise ValueError(f"--min-lr {cfg.min_lr} is above --max-lr {cfg.max_lr}")
+
+
+def model_config(cfg: TrainConfig) -> GPTConfig:
+    return GPTConfig(**{k: getattr(cfg, k) for k in MODEL_FIELDS})
+
+# -----------------------------------------------------------------------------
+# distributed setup and device
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size). One process unless launched by torchrun, which sets RANK."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def pick_device(name: str, local_rank: int = 0) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda, but no CUDA device is available")
+        name = f"cuda:{local_rank}"  # one device per process
+        torch.cuda.set_device(name)
+    return name
+
+
+def autocast_dtype(device_type: str, dtype: str) -> torch.dtype:
+    """bfloat16 where the device computes it natively, else float32 (autocast off)."""
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device_type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # AVX-512 BF16 or AMX
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device_type: str, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+# -----------------------------------------------------------------------------
+# data
+
+
+class DataLoaderLite:
+    """Batches of B x T tokens read in order from a split's shards; x is the input, y the next token.
+
+    Process `rank` of `world_size` takes every world_size-th batch, so processes never share tokens.
+    At the end of a shard it moves to the next one, and after the last back to the first.
+    """
+
+    def __init__(self, data_root: str, split: str, B: int, T: int, rank: int = 0, world_size: int = 1):
+        self.data_root, self.split, self.B, self.T = data_root, split, B, T
+        self.rank, self.world_size = rank, world_size
+        if not os.path.isdir(data_root):
+            raise ShardError(f"data dir {data_root} not found: make shards with `python fineweb.py`")
+        self.shards = list_shards(data_root, split)
+        if not self.shards:
+            raise ShardError(f"no {split} shards ({split}_*.bin) in {data_root}: make them with `python fineweb.py`")
+        self.reset()
+
+    def _load(self, shard: int) -> None:
+        self.shard = shard
+        self.tokens = read_shard(self.shards[shard])
+        if len(self.tokens) < self.B * self.T * self.world_size + 1:
+            raise ShardError(f"{self.shards[shard]} holds {len(self.tokens):,} tokens, fewer than one batch "
+                             f"({self.B} x {self.T} x {self.world_size} processes + 1)")
+
+    def reset(self) -> None:
+        self._load(0)
+        self.pos = self.B * self.T * self.rank
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T = self.B, self.T
+        buf = torch.from_numpy(self.tokens[self.pos:self.pos + B * T + 1].astype(np.int64))
+        x = buf[:-1].view(B, T)  # inputs
+        y = buf[1:].view(B, T)  # targets: each input's next token
+        self.pos += B * T * self.world_size
+        # all processes move on together, when the next round of world_size batches would run off the end
+        round_start = self.pos - B * T * self.rank
+        if round_start + B * T * self.world_size + 1 > len(self.tokens):
+            self._load((self.shard + 1) % len(self.shards))
+            self.pos = B * T * self.rank
+        return x, y
+
+    def state_dict(self) -> dict:
+        return {"shard": self.shard, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["shard"] >= len(self.shards):
+            raise ShardError(f"the checkpoint was reading {self.split} shard {state['shard']}, but "
+                             f"{self.data_root} has only {len(self.shards)}: resume with the same data")
+        self._load(state["shard"])
+        self.pos = state["pos"]
+
+# -----------------------------------------------------------------------------
+# optimizer and learning-rate schedule
+
+
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (matmul weights, embeddings), not on biases and LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device_type in ("cuda", "cpu")  # one kernel for the whole update instead of one per tensor
+    return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.max_lr * (step + 1) / cfg.warmup_steps
+    if step >= cfg.max_steps:
+        return cfg.min_lr
+    decay_ratio = (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
+    return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
+
+# -----------------------------------------------------------------------------
+# evaluation, logging and checkpoints
+
+
+@torch.no_grad()
+def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, device: str,
+                 dtype: torch.dtype) -> float:
+    """Mean loss over the first `steps` val batches: the same tokens every time."""
+    model.eval()
+    loader.reset()
+    total = torch.zeros((), device=device)
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        with autocast(device.split(":")[0], dtype):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.detach()
+    if dist.is_initialized():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= dist.get_world_size()
+    model.train()
+    return (total / steps).item()
+
+
+class Logger:
+    """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        self.enabled = enabled
+
+    def log(self, step: int, **metrics) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def truncate(self, size: int) -> None:
+        """Forget what was logged after a checkpoint that a resumed run now redoes."""
+        if self.enabled and os.path.exists(self.path):
+            with open(self.path, "r+") as f:
+                f.truncate(size)
+
+
+def checkpoint_path(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, f"ckpt_{step:06d}.pt")
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The checkpoint with the highest step in out_dir (a ckpt_<step>.pt; temporary files don't match)."""
+    paths = [p for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt")) if re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(p))]
+    return max(paths, default=None)  # zero-padded step numbers sort as numbers
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write to a temporary file, then rename: a checkpoint on disk is always a complete one."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's contents; weights_only=True refuses pickled code, so a checkpoint can't run any."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
+        raise SystemExit(f"error: cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file, or the latest checkpoint of an out dir."""
+    if os.path.isdir(path):
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise SystemExit(f"error: no checkpoint (ckpt_*.pt) in {path}")
+        return latest
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint {path} not found")
+    return path
+
+
+def model_from_checkpoint(ckpt: dict) -> GPT:
+    """The model a checkpoint holds, built from the configuration saved with it."""
+    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_FIELDS}))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+@torch.no_grad()
+def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: int, top_k: int | None,
+                seed: int, device: str, dtype: torch.dtype = torch.float32, temperature: float = 1.0) -> list[str]:
+    """num_samples continuations of prompt. Its own generator: the same seed gives the same text,
+    and the training run's random state is left alone."""
+    was_training = model.training
+    model.eval()
+    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
+    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, len(prompt))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast(device.split(":")[0], dtype):
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                             n_vocab=enc.n_vocab, generator=generator)
+    model.train(was_training)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+def run_info(cfg: TrainConfig, device: str, world_size: int) -> dict:
+    """What a reader of the log needs to reproduce the run: config, versions, hardware."""
+    info = {"config": asdict(cfg), "python": platform.python_version(), "torch": torch.__version__,
+            "device": device, "world_size": world_size, "argv": sys.argv}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+# -----------------------------------------------------------------------------
+# training
+
+
+def main(argv=None) -> None:
+    cfg = parse_config(argv)
+    rank, local_rank, world_size = setup_distributed()
+    master = rank == 0  # only this process prints, logs, samples and writes checkpoints
+    device = pick_device(cfg.device, local_rank)
+    device_type = device.split(":")[0]
+    dtype = autocast_dtype(device_type, cfg.dtype)
+    torch.manual_seed(cfg.seed)
+    print0 = print if master else (lambda *a, **k: None)
+
+    if master:
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"error: cannot create --out-dir {cfg.out_dir}: {e.strerror}") from None
+    logger = Logger(cfg.out_dir, enabled=master)
+
+    # data
+    B, T = cfg.batch_size, cfg.seq_len
+    grad_accum = cfg.total_batch_size // (B * T * world_size)
+    try:
+        train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size)
+        val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
+    except ShardError as e:
+        raise SystemExit(f"error: {e}") from None
+
+    # model and optimizer
+    raw_model = GPT(model_config(cfg)).to(device)
+    model = DDP(raw_model, device_ids=[local_rank] if device_type == "cuda" else None) if world_size > 1 else raw_model
+    optimizer = configure_optimizer(raw_model, cfg, device_type)
+    enc = get_encoding()
+
+    start_step = 0
+    if cfg.resume:
+        path = latest_checkpoint(cfg.out_dir)
+        if path is None:
+            raise SystemExit(f"error: --resume, but there is no checkpoint in {cfg.out_dir}")
+        ckpt = load_checkpoint(path)
+        mismatched = [k for k in RESUME_FIELDS if ckpt["config"].get(k) != getattr(cfg, k)]
+        if mismatched:
+            diff = ", ".join(f"--{k.replace('_', '-')} {ckpt['config'].get(k)} (now {getattr(cfg, k)})" for k in mismatched)
+            raise SystemExit(f"error: {path} belongs to a different run: it has {diff}")
+        raw_model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        train_loader.load_state_dict(ckpt["train_loader"])
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if device_type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        start_step = ckpt["step"]
+        logger.truncate(ckpt["log_bytes"])
+        print0(f"resumed from {path} at step {start_step}")
+    logger.log(start_step, event="resume" if cfg.resume else "start", **run_info(cfg, device, world_size))
+    print0(f"model: {raw_model.num_params():,} parameters | device {device} | autocast {dtype} | "
+           f"{world_size} process(es) | {grad_accum} micro-steps of {B} x {T} per step")
+
+    def due(every: int, step: int) -> bool:
+        return every > 0 and (step % every == 0 or step == cfg.max_steps)
+
+    for step in range(start_step, cfg.max_steps + 1):
+        last_step = step == cfg.max_steps
+        # the events of step `start_step` of a resumed run happened before its checkpoint was written
+        if not (cfg.resume and step == start_step):
+            if due(cfg.val_every, step):
+                val_loss = evaluate_val(model, val_loader, cfg.val_steps, device, dtype)
+                print0(f"step {step:5d} | val loss {val_loss:.4f}")
+                logger.log(step, val_loss=val_loss)
+            if due(cfg.sample_every, step) and master:
+                samples = sample_text(raw_model, enc, cfg.sample_prompt, cfg.num_samples, cfg.sample_len,
+                                      top_k=50, seed=42, device=device, dtype=dtype)
+                for s in samples:
+                    print0(f"sample: {s!r}")
+                logger.log(step, samples=samples)
+            if step > 0 and due(cfg.checkpoint_every, step) and master:
+                rng = {"cpu": torch.get_rng_state()}
+                if device_type == "cuda":
+                    rng["cuda"] = torch.cuda.get_rng_state(device)
+                save_checkpoint(checkpoint_path(cfg.out_dir, step), {
+                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "config": asdict(cfg), "train_loader": train_loader.state_dict(), "rng": rng,
+                    "log_bytes": logger.size()})
+                print0(f"step {step:5d} | checkpoint {checkpoint_path(cfg.out_dir, step)}")
+        if last_step:
+            break
+
+        # one optimizer step: grad_accum micro-batches, gradients summed, then one update
+        t0 = time.perf_counter()
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss_accum = torch.zeros((), device=device)
+        for micro_step in range(grad_accum):
+            x, y = train_loader.next_batch()
+            x, y = x.to(device), y.to(device)
+            # DDP: all-reduce the gradients on the last micro-step only
+            sync = nullcontext() if world_size == 1 or micro_step == grad_accum - 1 else model.no_sync()
+            with sync:
+                with autocast(device_type, dtype):
+                    _, loss = model(x, y)
+                loss = loss / grad_accum  # the mean over the whole batch, not a sum of means
+                loss_accum += loss.detach()
+                loss.backward()
+        if world_size > 1:
+            dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
+        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        tok_per_s = cfg.total_batch_size / dt
+        print0(f"step {step:5d} | loss {loss_accum.item():.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
+               f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
+        logger.log(step, train_loss=loss_accum.item(), lr=lr, grad_norm=norm.item(), dt_ms=dt * 1000,
+                   tok_per_s=tok_per_s)
+
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
