@@ -116,8 +116,10 @@ def parse_config(argv=None) -> TrainConfig:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = type(default)
+            kw["metavar"] = {int: "N", float: "X", str: "STR"}[type(default)]
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
+            kw.pop("metavar", None)  # let argparse list the choices
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     cfg = TrainConfig(**vars(p.parse_args(argv)))
     try:
@@ -167,6 +169,11 @@ def setup_distributed() -> tuple[int, int, int]:
 
 
 def pick_device(name: str, local_rank: int = 0) -> str:
+    """"auto" -> the best available of cuda, mps, cpu; a named device must be available."""
+    if name not in ("auto", "cuda", "mps", "cpu"):
+        raise SystemExit(f"error: --device must be auto, cuda, mps or cpu, got {name!r}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device mps, but MPS is not available")
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -331,8 +338,12 @@ def checkpoint_path(out_dir: str, step: int) -> str:
 
 def latest_checkpoint(out_dir: str) -> str | None:
     """The checkpoint with the highest step in out_dir (a ckpt_<step>.pt; temporary files don't match)."""
-    paths = [p for p in glob.glob(os.path.join(out_dir, "ckpt_*.pt")) if re.fullmatch(r"ckpt_\d+\.pt", os.path.basename(p))]
-    return max(paths, default=None)  # zero-padded step numbers sort as numbers
+    steps = {}
+    for path in glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
+        m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
+        if m:
+            steps[path] = int(m.group(1))
+    return max(steps, key=steps.get, default=None)
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -433,7 +444,12 @@ def main(argv=None) -> None:
     enc = get_encoding()
 
     start_step = 0
-    if cfg.resume:
+    if not cfg.resume:
+        if latest_checkpoint(cfg.out_dir):
+            raise SystemExit(f"error: {cfg.out_dir} holds checkpoints of an earlier run: continue it with --resume, "
+                             "or choose another --out-dir")
+        logger.truncate(0)  # a new run, a new log
+    else:
         path = latest_checkpoint(cfg.out_dir)
         if path is None:
             raise SystemExit(f"error: --resume, but there is no checkpoint in {cfg.out_dir}")

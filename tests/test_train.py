@@ -136,6 +136,14 @@ def test_resume_refuses_another_model(corpus_shards, trained, tmp_path):
         train(corpus_shards, tmp_path / "run", "--max-steps", "40", "--n-embd", "64", "--resume")
 
 
+def test_new_run_does_not_overwrite_a_run(corpus_shards, trained):
+    """A run started without --resume in an out dir that holds checkpoints is refused."""
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    with pytest.raises(SystemExit, match="continue it with --resume"):
+        train(corpus_shards, trained, "--max-steps", "40")
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
 def test_generate_is_deterministic(trained, capsys):
     """generate.py: the same seed gives the same text; another seed, other text; file or dir alike."""
     args = ["--num-samples", "2", "--max-new-tokens", "12", "--device", "cpu"]
@@ -147,9 +155,11 @@ def test_generate_is_deterministic(trained, capsys):
     assert "--- sample 1" in capsys.readouterr().out
 
 
-def test_generate_errors(tmp_path):
+def test_generate_errors(trained, tmp_path):
     """No checkpoint, or a prompt as long as the context, give a one-line error."""
     with pytest.raises(SystemExit, match="no checkpoint"):
         generate.main(["--checkpoint", str(tmp_path)])
     with pytest.raises(SystemExit, match="not found"):
         generate.main(["--checkpoint", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="the model's context is 64"):
+        generate.main(["--checkpoint", str(trained), "--prompt", "word " * 80, "--device", "cpu"])
