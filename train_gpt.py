@@ -527,10 +527,10 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         tok_per_s = cfg.total_batch_size / dt
-        print0(f"step {step:5d} | loss {loss_accum.item():.6f} | lr {lr:.4e} | norm {norm.item():.4f} | "
+        train_loss, grad_norm = loss_accum.item(), norm.item()  # one device-to-host copy each
+        print0(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {grad_norm:.4f} | "
                f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
-        logger.log(step, train_loss=loss_accum.item(), lr=lr, grad_norm=norm.item(), dt_ms=dt * 1000,
-                   tok_per_s=tok_per_s)
+        logger.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm, dt_ms=dt * 1000, tok_per_s=tok_per_s)
 
     if world_size > 1:
         dist.destroy_process_group()
