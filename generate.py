@@ -10,7 +10,7 @@ The model's configuration comes from the checkpoint. The same --seed gives the s
 import argparse
 
 from tokenizer import get_encoding
-from train_gpt import autocast_dtype, load_checkpoint, model_from_checkpoint, pick_device, resolve_checkpoint, sample_text
+from train_gpt import autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device, sample_text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,8 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     device = pick_device(args.device)
-    path = resolve_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(load_checkpoint(path)).to(device)
+    _, ckpt = open_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt).to(device)
     enc = get_encoding()
     prompt_len = len(enc.encode_ordinary(args.prompt))
     if prompt_len == 0:

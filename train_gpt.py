@@ -18,8 +18,11 @@ import math
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import time
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 
@@ -70,13 +73,16 @@ class TrainConfig:
     num_samples: int = _f(4, "samples drawn each time")
     sample_len: int = _f(32, "new tokens per sample")
     checkpoint_every: int = _f(5000, "checkpoint every N steps and at the end")
+    keep_checkpoints: int = _f(0, "keep only the latest K checkpoints (0: keep all)")
     # run
     out_dir: str = _f("log", "where log.jsonl and the checkpoints go")
     device: str = _f("auto", "cuda, mps, cpu, or auto (the first of those that is available)")
     dtype: str = _f("auto", "autocast dtype: auto (bfloat16 where the device supports it), bfloat16 or float32",
                     choices=("auto", "bfloat16", "float32"))
     seed: int = _f(1337, "random seed of the initialisation")
-    resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run")
+    resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run "
+                             "(a new run if there is none yet)")
+    skip_nonfinite: bool = _f(False, "skip an update whose loss or gradient is NaN/inf instead of stopping")
 
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
@@ -136,7 +142,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     for name in ("warmup_steps", "min_lr", "weight_decay", "grad_clip", "val_every", "val_steps",
-                 "sample_every", "num_samples", "sample_len", "checkpoint_every"):
+                 "sample_every", "num_samples", "sample_len", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} can't be negative, got {getattr(cfg, name)}")
     if cfg.seq_len > cfg.block_size:
@@ -218,9 +224,10 @@ class DataLoaderLite:
     At the end of a shard it moves to the next one, and after the last back to the first.
     """
 
-    def __init__(self, data_root: str, split: str, B: int, T: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, data_root: str, split: str, B: int, T: int, rank: int = 0, world_size: int = 1,
+                 vocab_size: int | None = None):
         self.data_root, self.split, self.B, self.T = data_root, split, B, T
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
         if not os.path.isdir(data_root):
             raise ShardError(f"data dir {data_root} not found: make shards with `python fineweb.py`")
         self.shards = list_shards(data_root, split)
@@ -234,6 +241,12 @@ class DataLoaderLite:
         if len(self.tokens) < self.B * self.T * self.world_size + 1:
             raise ShardError(f"{self.shards[shard]} holds {len(self.tokens):,} tokens, fewer than one batch "
                              f"({self.B} x {self.T} x {self.world_size} processes + 1)")
+        if self.vocab_size is not None and len(self.tokens):
+            # an id past the embedding table would fail deep inside torch (or silently on some GPUs)
+            top = int(self.tokens.max())
+            if top >= self.vocab_size:
+                raise ShardError(f"{self.shards[shard]} holds token id {top}, but the model's --vocab-size is "
+                                 f"{self.vocab_size}: these shards were made with another tokenizer")
 
     def reset(self) -> None:
         self._load(0)
@@ -319,52 +332,148 @@ class Logger:
 
     def log(self, step: int, **metrics) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+            except OSError as e:
+                raise SystemExit(f"error: cannot write {self.path}: {e.strerror}") from None
 
     def size(self) -> int:
         return os.path.getsize(self.path) if os.path.exists(self.path) else 0
 
     def truncate(self, size: int) -> None:
         """Forget what was logged after a checkpoint that a resumed run now redoes."""
-        if self.enabled and os.path.exists(self.path):
+        if self.enabled and self.size() > size:  # never grow it: truncate() would pad with zero bytes
             with open(self.path, "r+") as f:
                 f.truncate(size)
+
+
+class CheckpointError(Exception):
+    """A checkpoint that can't be used: damaged, not ours, or unsafe to load."""
+
+
+CHECKPOINT_KEYS = {"model", "optimizer", "step", "config", "train_loader", "rng", "log_bytes", "checksum"}
 
 
 def checkpoint_path(out_dir: str, step: int) -> str:
     return os.path.join(out_dir, f"ckpt_{step:06d}.pt")
 
 
-def latest_checkpoint(out_dir: str) -> str | None:
-    """The checkpoint with the highest step in out_dir (a ckpt_<step>.pt; temporary files don't match)."""
+def list_checkpoints(out_dir: str) -> list[str]:
+    """The checkpoints (ckpt_<step>.pt) in out_dir, newest first; temporary files don't match."""
     steps = {}
     for path in glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
         m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
         if m:
             steps[path] = int(m.group(1))
-    return max(steps, key=steps.get, default=None)
+    return sorted(steps, key=steps.get, reverse=True)
+
+
+def latest_checkpoint(out_dir: str) -> str | None:
+    """The checkpoint with the highest step in out_dir, or None."""
+    return next(iter(list_checkpoints(out_dir)), None)
+
+
+def state_checksum(state) -> int:
+    """CRC32 of every tensor's bytes and every other value, in a fixed order. torch.load doesn't check
+    the data it reads, so a flipped bit in a weight would otherwise load without complaint."""
+    crc = 0
+    if isinstance(state, dict):
+        for k in sorted(state, key=str):
+            crc = zlib.crc32(str(k).encode(), crc)
+            crc = zlib.crc32(state_checksum(state[k]).to_bytes(4, "little"), crc)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            crc = zlib.crc32(state_checksum(v).to_bytes(4, "little"), crc)
+    elif isinstance(state, torch.Tensor):
+        t = state.detach().cpu().contiguous()
+        crc = zlib.crc32(str((t.dtype, tuple(t.shape))).encode(), crc)
+        crc = zlib.crc32(t.view(-1).view(torch.uint8).numpy().data, crc) if t.numel() else crc
+    else:
+        crc = zlib.crc32(repr(state).encode(), crc)
+    return crc
+
+
+def _os_reason(e: BaseException) -> str:
+    """The OS's words for a failed write (torch.save wraps them in a RuntimeError of its own)."""
+    while e is not None:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+        e = e.__cause__ or e.__context__
+    return "write failed"
 
 
 def save_checkpoint(path: str, state: dict) -> None:
-    """Write to a temporary file, then rename: a checkpoint on disk is always a complete one."""
+    """Write to a temporary file, then rename: a checkpoint on disk is always a complete one. If the
+    write fails (a full disk), the temporary file goes and the earlier checkpoints stay as they were."""
+    state = {**state, "checksum": state_checksum(state)}
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise CheckpointError(f"cannot write checkpoint {path}: {_os_reason(e)}") from None
 
 
 def load_checkpoint(path: str) -> dict:
-    """A checkpoint's contents; weights_only=True refuses pickled code, so a checkpoint can't run any."""
+    """A checkpoint's contents, checked. weights_only=True unpickles tensors and plain containers only,
+    so a checkpoint can't run code. Raises CheckpointError with the reason on one line."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        raise SystemExit(f"error: cannot load checkpoint {path}: {str(e).splitlines()[0]}") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError ... for bad files
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        unsafe = [line for line in lines if "GLOBAL" in line]
+        if unsafe:  # a pickle that names a Python object: loading it would run code
+            raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects, not only tensors "
+                                  f"({unsafe[0].strip()}), and could run code. Checkpoints of this "
+                                  "repository never do; load it yourself only if you trust its source") from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}"
+                              f"{': ' + lines[-1][:120] if lines else ''})") from None
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise CheckpointError(f"{path} is not a checkpoint of train_gpt.py (it lacks "
+                              f"{sorted(CHECKPOINT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else 'everything'})")
+    checksum = ckpt.pop("checksum")
+    if state_checksum(ckpt) != checksum:
+        raise CheckpointError(f"{path} is damaged: its contents don't match the checksum written with it")
+    return ckpt
+
+
+def load_latest_checkpoint(out_dir: str) -> tuple[str, dict] | None:
+    """The newest checkpoint of out_dir that loads, or None if there is none. A damaged one (a crash or a
+    disk error) gets a warning and the one before it is tried; one that is unsafe to load stops the run."""
+    for path in list_checkpoints(out_dir):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            if "refusing" in str(e):
+                raise
+            print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr)
+    return None
+
+
+def open_checkpoint(path: str) -> tuple[str, dict]:
+    """A checkpoint file, or the latest good checkpoint of an out dir, loaded. SystemExit on failure."""
+    try:
+        if os.path.isdir(path):
+            found = load_latest_checkpoint(path)
+            if found is None:
+                raise CheckpointError(f"no checkpoint (ckpt_*.pt) in {path}" if not list_checkpoints(path)
+                                      else f"no checkpoint in {path} can be loaded (see the warnings above)")
+            return found
+        return path, load_checkpoint(path)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file, or the latest checkpoint of an out dir."""
+    """A checkpoint file, or the latest checkpoint of an out dir (not loaded)."""
     if os.path.isdir(path):
         latest = latest_checkpoint(path)
         if latest is None:
@@ -408,6 +517,52 @@ def run_info(cfg: TrainConfig, device: str, world_size: int) -> dict:
     return info
 
 # -----------------------------------------------------------------------------
+# stopping cleanly
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) or SIGTERM (a job scheduler's pre-emption) asks the loop to stop after the step it is
+    in, with a checkpoint. A second SIGINT exits at once: the checkpoints on disk are always complete."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers; the default ones stay
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            print("\nsecond interrupt: exiting now, without a checkpoint of this step", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def stop(self, device: str) -> bool:
+        """Whether to stop now; under DDP, every process stops at the same step if any one got a signal."""
+        if not dist.is_initialized():
+            return self.received is not None
+        flag = torch.tensor(float(self.received is not None), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def prune_checkpoints(out_dir: str, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints (keep=0: delete none)."""
+    if keep > 0:
+        for path in list_checkpoints(out_dir)[keep:]:
+            os.remove(path)
+
+# -----------------------------------------------------------------------------
 # training
 
 
@@ -424,16 +579,20 @@ def main(argv=None) -> None:
     if master:
         try:
             os.makedirs(cfg.out_dir, exist_ok=True)
+            with open(os.path.join(cfg.out_dir, "log.jsonl"), "a"):  # can we write there at all?
+                pass
         except OSError as e:
-            raise SystemExit(f"error: cannot create --out-dir {cfg.out_dir}: {e.strerror}") from None
+            raise SystemExit(f"error: cannot write to --out-dir {cfg.out_dir}: {e.strerror}") from None
+        for tmp in glob.glob(os.path.join(cfg.out_dir, "ckpt_*.pt.tmp")):
+            os.remove(tmp)  # a checkpoint whose writing was cut short by a crash
     logger = Logger(cfg.out_dir, enabled=master)
 
     # data
     B, T = cfg.batch_size, cfg.seq_len
     grad_accum = cfg.total_batch_size // (B * T * world_size)
     try:
-        train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size)
-        val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size)
+        train_loader = DataLoaderLite(cfg.data_dir, "train", B, T, rank, world_size, cfg.vocab_size)
+        val_loader = DataLoaderLite(cfg.data_dir, "val", B, T, rank, world_size, cfg.vocab_size)
     except ShardError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -443,97 +602,145 @@ def main(argv=None) -> None:
     optimizer = configure_optimizer(raw_model, cfg, device_type)
     enc = get_encoding()
 
-    start_step = 0
-    if not cfg.resume:
-        if latest_checkpoint(cfg.out_dir):
-            raise SystemExit(f"error: {cfg.out_dir} holds checkpoints of an earlier run: continue it with --resume, "
-                             "or choose another --out-dir")
-        logger.truncate(0)  # a new run, a new log
-    else:
-        path = latest_checkpoint(cfg.out_dir)
-        if path is None:
-            raise SystemExit(f"error: --resume, but there is no checkpoint in {cfg.out_dir}")
-        ckpt = load_checkpoint(path)
+    # a new run, or the same run continued from its latest good checkpoint
+    if not cfg.resume and latest_checkpoint(cfg.out_dir):
+        raise SystemExit(f"error: {cfg.out_dir} holds checkpoints of an earlier run: continue it with --resume, "
+                         "or choose another --out-dir")
+    try:
+        found = load_latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    if cfg.resume and not found and latest_checkpoint(cfg.out_dir):
+        raise SystemExit(f"error: no checkpoint in {cfg.out_dir} can be loaded (see the warnings above); "
+                         "nothing was changed")
+    start_step, events_done = 0, False
+    if found:
+        path, ckpt = found
         mismatched = [k for k in RESUME_FIELDS if ckpt["config"].get(k) != getattr(cfg, k)]
         if mismatched:
             diff = ", ".join(f"--{k.replace('_', '-')} {ckpt['config'].get(k)} (now {getattr(cfg, k)})" for k in mismatched)
             raise SystemExit(f"error: {path} belongs to a different run: it has {diff}")
         raw_model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        train_loader.load_state_dict(ckpt["train_loader"])
+        try:
+            train_loader.load_state_dict(ckpt["train_loader"])
+        except ShardError as e:
+            raise SystemExit(f"error: {e}") from None
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if device_type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        start_step = ckpt["step"]
-        logger.truncate(ckpt["log_bytes"])
+        start_step, events_done = ckpt["step"], ckpt.get("events_done", True)
+        logger.truncate(ckpt["log_bytes"])  # the log as it was when the checkpoint was written
         print0(f"resumed from {path} at step {start_step}")
-    logger.log(start_step, event="resume" if cfg.resume else "start", **run_info(cfg, device, world_size))
+    else:
+        if cfg.resume:
+            print0(f"no checkpoint in {cfg.out_dir} yet: starting a new run")
+        logger.truncate(0)  # a new run, a new log
+    logger.log(start_step, event="resume" if found else "start", **run_info(cfg, device, world_size))
     print0(f"model: {raw_model.num_params():,} parameters | device {device} | autocast {dtype} | "
            f"{world_size} process(es) | {grad_accum} micro-steps of {B} x {T} per step")
 
     def due(every: int, step: int) -> bool:
         return every > 0 and (step % every == 0 or step == cfg.max_steps)
 
-    for step in range(start_step, cfg.max_steps + 1):
-        last_step = step == cfg.max_steps
-        # the events of step `start_step` of a resumed run happened before its checkpoint was written
-        if not (cfg.resume and step == start_step):
-            if due(cfg.val_every, step):
-                val_loss = evaluate_val(model, val_loader, cfg.val_steps, device, dtype)
-                print0(f"step {step:5d} | val loss {val_loss:.4f}")
-                logger.log(step, val_loss=val_loss)
-            if due(cfg.sample_every, step) and master:
-                samples = sample_text(raw_model, enc, cfg.sample_prompt, cfg.num_samples, cfg.sample_len,
-                                      top_k=50, seed=42, device=device, dtype=dtype)
-                for s in samples:
-                    print0(f"sample: {s!r}")
-                logger.log(step, samples=samples)
-            if step > 0 and due(cfg.checkpoint_every, step) and master:
-                rng = {"cpu": torch.get_rng_state()}
-                if device_type == "cuda":
-                    rng["cuda"] = torch.cuda.get_rng_state(device)
-                save_checkpoint(checkpoint_path(cfg.out_dir, step), {
-                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "config": asdict(cfg), "train_loader": train_loader.state_dict(), "rng": rng,
-                    "log_bytes": logger.size()})
-                print0(f"step {step:5d} | checkpoint {checkpoint_path(cfg.out_dir, step)}")
-        if last_step:
-            break
-
-        # one optimizer step: grad_accum micro-batches, gradients summed, then one update
-        t0 = time.perf_counter()
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        loss_accum = torch.zeros((), device=device)
-        for micro_step in range(grad_accum):
-            x, y = train_loader.next_batch()
-            x, y = x.to(device), y.to(device)
-            # DDP: all-reduce the gradients on the last micro-step only
-            sync = nullcontext() if world_size == 1 or micro_step == grad_accum - 1 else model.no_sync()
-            with sync:
-                with autocast(device_type, dtype):
-                    _, loss = model(x, y)
-                loss = loss / grad_accum  # the mean over the whole batch, not a sum of means
-                loss_accum += loss.detach()
-                loss.backward()
-        if world_size > 1:
-            dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
-        norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
+    def checkpoint(step: int, events_done: bool) -> str:
+        """Everything needed to continue the run at `step` exactly as if it had never stopped."""
+        path = checkpoint_path(cfg.out_dir, step)
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise SystemExit(f"error: the weights hold NaN or inf at step {step}: no checkpoint written, "
+                             f"the earlier ones in {cfg.out_dir} are intact")
+        rng = {"cpu": torch.get_rng_state()}
         if device_type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        tok_per_s = cfg.total_batch_size / dt
-        train_loss, grad_norm = loss_accum.item(), norm.item()  # one device-to-host copy each
-        print0(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {grad_norm:.4f} | "
-               f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
-        logger.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm, dt_ms=dt * 1000, tok_per_s=tok_per_s)
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        try:
+            save_checkpoint(path, {
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "events_done": events_done, "config": asdict(cfg), "train_loader": train_loader.state_dict(),
+                "rng": rng, "log_bytes": logger.size()})
+        except CheckpointError as e:
+            raise SystemExit(f"error: {e}; the earlier checkpoints in {cfg.out_dir} are intact") from None
+        prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+        return path
+
+    with StopSignals() as signals:
+        for step in range(start_step, cfg.max_steps + 1):
+            last_step = step == cfg.max_steps
+            if not last_step and signals.stop(device):
+                name = signal.Signals(signals.received or signal.SIGTERM).name
+                logger.log(step, event="stop", signal=name)
+                path = checkpoint(step, events_done=False) if master else None
+                print0(f"stopped by {name} before step {step}: {path} written, continue with --resume")
+                if world_size > 1:
+                    dist.destroy_process_group()
+                if signals.received == signal.SIGINT:
+                    raise SystemExit(130)
+                return  # SIGTERM: exit status 0, so a scheduler sees a clean pre-emption
+            # the events of a resumed run's first step happened before its checkpoint was written
+            if not (step == start_step and events_done):
+                if due(cfg.val_every, step):
+                    val_loss = evaluate_val(model, val_loader, cfg.val_steps, device, dtype)
+                    print0(f"step {step:5d} | val loss {val_loss:.4f}")
+                    logger.log(step, val_loss=val_loss)
+                if due(cfg.sample_every, step) and master:
+                    samples = sample_text(raw_model, enc, cfg.sample_prompt, cfg.num_samples, cfg.sample_len,
+                                          top_k=50, seed=42, device=device, dtype=dtype)
+                    for s in samples:
+                        print0(f"sample: {s!r}")
+                    logger.log(step, samples=samples)
+                if step > 0 and due(cfg.checkpoint_every, step) and master:
+                    print0(f"step {step:5d} | checkpoint {checkpoint(step, events_done=True)}")
+            if last_step:
+                break
+            train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger, print0)
 
     if world_size > 1:
         dist.destroy_process_group()
+
+
+def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger, print0) -> None:
+    """One optimizer step: grad_accum micro-batches, gradients summed, then one update."""
+    device_type = device.split(":")[0]
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    t0 = time.perf_counter()
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_accum = torch.zeros((), device=device)
+    for micro_step in range(grad_accum):
+        x, y = train_loader.next_batch()
+        x, y = x.to(device), y.to(device)
+        # DDP: all-reduce the gradients on the last micro-step only
+        sync = nullcontext() if world_size == 1 or micro_step == grad_accum - 1 else model.no_sync()
+        with sync:
+            with autocast(device_type, dtype):
+                _, loss = model(x, y)
+            loss = loss / grad_accum  # the mean over the whole batch, not a sum of means
+            loss_accum += loss.detach()
+            loss.backward()
+    if world_size > 1:
+        dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
+    norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    # every process sees the same averaged loss and norm, so they all make the same choice here
+    train_loss, grad_norm = loss_accum.item(), norm.item()  # one device-to-host copy each
+    if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+        if not cfg.skip_nonfinite:
+            raise SystemExit(f"error: non-finite loss {train_loss} (gradient norm {grad_norm}) at step {step}: "
+                             "stopped before the update; resume from the last checkpoint with a lower --max-lr, "
+                             "or pass --skip-nonfinite")
+        optimizer.zero_grad(set_to_none=True)
+        print0(f"step {step:5d} | non-finite loss {train_loss} (norm {grad_norm}): update skipped")
+        logger.log(step, skipped="non-finite loss", loss=str(train_loss), grad_norm=str(grad_norm))
+        return
+    lr = get_lr(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    tok_per_s = cfg.total_batch_size / dt
+    print0(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {grad_norm:.4f} | "
+           f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
+    logger.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm, dt_ms=dt * 1000, tok_per_s=tok_per_s)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,471 @@
+"""python -m pytest tests/test_resilience.py -v
+
+Nothing lost: runs killed at any moment resume exactly, checkpoints are checked before they are trusted,
+signals stop a run cleanly, a non-finite loss never reaches a checkpoint, and every bad input to
+train_gpt.py gets one clear line.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import fineweb
+import generate
+import train_gpt
+from conftest import REPO
+from fineweb import write_shard
+
+# the run every test here uses: 16 steps of the tiny preset, CPU, float32 (bit-reproducible)
+FLAGS = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--max-steps", "16", "--warmup-steps", "2",
+         "--val-every", "4", "--checkpoint-every", "4", "--sample-every", "8", "--num-samples", "2"]
+
+# A harness for the child process: it runs train_gpt.main() and SIGKILLs itself at a chosen moment
+# (KILL=what:n, the n-th time `what` happens in this process). Only this throwaway process is patched.
+HARNESS = r"""
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+import train_gpt
+
+what, n = (os.environ.get("KILL") or "none:0").split(":")
+calls = {"save": 0, "replace": 0, "val": 0}
+
+def die():
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+torch_save, os_replace, evaluate_val = torch.save, os.replace, train_gpt.evaluate_val
+
+def save(obj, f, *a, **k):  # half a checkpoint reaches the disk, then the process dies
+    calls["save"] += 1
+    if what == "save" and calls["save"] == int(n):
+        import io
+        buf = io.BytesIO()
+        torch_save(obj, buf, *a, **k)
+        f.write(buf.getvalue()[: buf.tell() // 2])
+        f.flush()
+        die()
+    return torch_save(obj, f, *a, **k)
+
+def replace(src, dst):  # the whole checkpoint is on disk under its temporary name, not yet renamed
+    if src.endswith(".pt.tmp"):
+        calls["replace"] += 1
+        if what == "replace" and calls["replace"] == int(n):
+            die()
+    return os_replace(src, dst)
+
+def val(*a, **k):  # dies in the middle of a val loss evaluation
+    calls["val"] += 1
+    if what == "val" and calls["val"] == int(n):
+        die()
+    return evaluate_val(*a, **k)
+
+torch.save, os.replace, train_gpt.evaluate_val = save, replace, val
+train_gpt.main(sys.argv[2:])
+"""
+
+
+def run_child(tmp_path, shards, out, *flags, kill=None, timeout=120, **popen):
+    """Start train_gpt.py (through the harness) in a subprocess."""
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS)
+    env = {**os.environ, "KILL": kill or "none:0", "PYTHONUNBUFFERED": "1"}  # stdout line by line
+    cmd = [sys.executable, str(harness), str(REPO), *FLAGS, "--data-dir", str(shards), "--out-dir", str(out), *flags]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def read_log(out) -> list[dict]:
+    with open(out / "log.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(out) -> dict:
+    """Every logged metric that must equal the uninterrupted run's, keyed by (name, step)."""
+    got = {}
+    for e in read_log(out):
+        for name in ("train_loss", "val_loss", "samples"):
+            if name in e:
+                assert (name, e["step"]) not in got, f"{name} logged twice at step {e['step']}"
+                got[(name, e["step"])] = e[name]
+    return got
+
+
+def final_weights(out) -> dict:
+    return torch.load(out / "ckpt_000016.pt", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus_shards, tmp_path_factory):
+    """The uninterrupted run, in a subprocess like the killed ones, and its wall time."""
+    tmp = tmp_path_factory.mktemp("reference")
+    t0 = time.time()
+    p = run_child(tmp, corpus_shards, tmp / "out")
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    return tmp / "out", time.time() - t0
+
+
+def train_steps_logged(out) -> list[int]:
+    if not (out / "log.jsonl").exists():
+        return []
+    with open(out / "log.jsonl") as f:  # the last line may be half written: read only whole lines
+        lines = [line for line in f if line.endswith("\n")]
+    return [e["step"] for e in map(json.loads, lines) if "train_loss" in e]
+
+
+def test_kill_anywhere_then_resume_is_the_same_run(corpus_shards, reference, tmp_path):
+    """SIGKILL mid-checkpoint-write, before the rename, mid-eval and at random moments, resumed with --resume
+    each time: the same losses, val losses, samples and final weights as the uninterrupted run, bit for bit."""
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    rng = random.Random(1234)
+    kills = ["save:2", "replace:1", "val:1", "random", "random", "random"]
+    landed = []
+    for kill in kills:
+        latest = train_gpt.latest_checkpoint(str(out)) if out.exists() else None
+        resume_step = int(latest[-9:-3]) if latest else 0
+        if kill == "random":  # after a random step this process will take, then a random fraction of a step
+            target = rng.randint(resume_step, 15)
+            p = run_child(tmp_path, corpus_shards, out, "--resume")
+            for line in p.stdout:
+                if line.startswith(f"step {target:5d} | loss"):
+                    break
+            time.sleep(rng.uniform(0, 0.5))
+            p.send_signal(signal.SIGKILL)
+        else:
+            p = run_child(tmp_path, corpus_shards, out, "--resume", kill=kill)
+        _, err = p.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        landed.append((kill, resume_step, p.returncode, max(train_steps_logged(out), default=None)))
+    p = run_child(tmp_path, corpus_shards, out, "--resume")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    print("kills (what, resumed at, exit status, last step logged):", landed)
+    assert sum(code == -signal.SIGKILL for _, _, code, _ in landed) >= 5  # the kills landed mid-run
+    assert not list(out.glob("*.tmp"))
+    assert losses(out) == losses(ref_out)
+    assert train_steps_logged(out) == list(range(16))  # no step missing, none twice
+    ref, got = final_weights(ref_out), final_weights(out)
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_sigterm_stops_cleanly_and_resumes(corpus_shards, reference, tmp_path):
+    """SIGTERM: the step finishes, a checkpoint is written, exit status 0; --resume then ends as if never stopped."""
+    out = tmp_path / "out"
+    p = run_child(tmp_path, corpus_shards, out)
+    while not (out / "log.jsonl").exists() or sum("train_loss" in e for e in read_log(out)) < 6:
+        time.sleep(0.05)
+        assert p.poll() is None
+    p.send_signal(signal.SIGTERM)
+    stdout, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "SIGTERM: stopping after this step" in err
+    stop = [e for e in read_log(out) if e.get("event") == "stop"]
+    assert len(stop) == 1 and f"continue with --resume" in stdout
+    assert train_gpt.latest_checkpoint(str(out)).endswith(f"ckpt_{stop[0]['step']:06d}.pt")
+    p = run_child(tmp_path, corpus_shards, out, "--resume")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert losses(out) == losses(reference[0])
+    ref, got = final_weights(reference[0]), final_weights(out)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_sigint_checkpoints_and_a_second_one_exits_at_once(corpus_shards, tmp_path):
+    """One Ctrl-C: checkpoint and exit 130; two Ctrl-C in a row: exit 130 at once, checkpoints intact."""
+    for presses in (1, 2):
+        out = tmp_path / f"out{presses}"
+        # 20 micro-steps a step: a second Ctrl-C 0.2 s after the first comes within the same step
+        p = run_child(tmp_path, corpus_shards, out, "--max-steps", "200", "--val-every", "0", "--checkpoint-every", "0",
+                      "--sample-every", "0", "--total-batch-size", "5120")
+        for line in p.stdout:
+            if line.startswith("step     0 | loss"):
+                break
+        time.sleep(0.3)  # into step 1, which takes well over a second
+        for _ in range(presses):
+            p.send_signal(signal.SIGINT)
+            time.sleep(0.2)  # signals sent closer together may reach Python's handler as one
+        rest, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert "Traceback" not in err
+        ckpts = list(out.glob("ckpt_*.pt"))
+        if presses == 1:
+            assert len(ckpts) == 1 and "stopped by SIGINT" in rest
+        else:
+            assert "second interrupt: exiting now" in err and not ckpts and not list(out.glob("*.tmp"))
+
+# -----------------------------------------------------------------------------
+# checkpoints that can be trusted
+
+
+@pytest.fixture(scope="module")
+def run_dir(reference):
+    """The reference run: checkpoints at steps 4, 8, 12 and 16."""
+    return reference[0]
+
+
+def copy_run(run_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_damaged_latest_checkpoint_falls_back(run_dir, tmp_path, capsys, damage):
+    """A truncated, bit-flipped, empty or garbage latest checkpoint: a warning, and the previous one is used."""
+    out = copy_run(run_dir, tmp_path)
+    path = out / "ckpt_000016.pt"
+    data = path.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":  # one bit inside the weights: torch.load alone would not notice
+        i = len(data) // 2
+        data = data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1:]
+    elif damage == "empty":
+        data = b""
+    else:
+        data = os.urandom(4096)
+    path.write_bytes(data)
+    found_path, ckpt = train_gpt.load_latest_checkpoint(str(out))
+    assert found_path.endswith("ckpt_000012.pt") and ckpt["step"] == 12
+    err = capsys.readouterr().err
+    assert "warning:" in err and "ckpt_000016.pt" in err and "damaged" in err
+
+
+def test_resume_after_damaged_latest_checkpoint_is_the_same_run(corpus_shards, run_dir, tmp_path):
+    """Resumed past a damaged latest checkpoint, the run redoes the steps and ends the same, bit for bit."""
+    out = copy_run(run_dir, tmp_path)
+    (out / "ckpt_000016.pt").write_bytes(b"\x00" * 100)
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+    assert losses(out) == losses(run_dir)
+    ref, got = final_weights(run_dir), final_weights(out)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+class Payload:
+    def __reduce__(self):  # unpickling this would run `echo`
+        return (os.system, ("echo this should never run",))
+
+
+def test_pickled_code_is_refused(corpus_shards, run_dir, tmp_path):
+    """A checkpoint that carries pickled Python objects is refused (weights_only=True) and says why."""
+    out = copy_run(run_dir, tmp_path)
+    ckpt = torch.load(out / "ckpt_000016.pt", weights_only=True)
+    torch.save({**ckpt, "extra": Payload()}, out / "ckpt_000020.pt")
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--checkpoint", str(out)])
+    msg = str(e.value)
+    assert msg.startswith("error: refusing to load") and "pickled Python objects" in msg and "\n" not in msg
+    with pytest.raises(SystemExit, match="refusing to load"):
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+
+
+def test_not_a_checkpoint(tmp_path):
+    """A file that is not a checkpoint (text, a plain tensor) gets one line naming it."""
+    (tmp_path / "notes.pt").write_text("hello\n")
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    for name, message in [("notes.pt", "is damaged or not a checkpoint"), ("tensor.pt", "not a checkpoint of")]:
+        with pytest.raises(SystemExit) as e:
+            generate.main(["--checkpoint", str(tmp_path / name)])
+        assert message in str(e.value) and name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_keep_checkpoints(corpus_shards, tmp_path):
+    """--keep-checkpoints 2 leaves the two newest checkpoints; the default keeps all of them."""
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path), "--keep-checkpoints", "2",
+                    "--val-every", "0", "--sample-every", "0"])
+    assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_000012.pt", "ckpt_000016.pt"]
+    assert train_gpt.TrainConfig().keep_checkpoints == 0
+
+
+def test_disk_full_while_writing_a_checkpoint(corpus_shards, run_dir, tmp_path):
+    """A write that fails half-way (file size limit standing in for a full disk): one clear line, non-zero
+    exit, no temporary file, and the previous checkpoints byte for byte as they were."""
+    out = copy_run(run_dir, tmp_path)
+    for name in ("ckpt_000016.pt", "ckpt_000012.pt"):
+        (out / name).unlink()
+    before = {p.name: p.read_bytes() for p in out.glob("ckpt_*")}
+    limit = (out / "ckpt_000008.pt").stat().st_size // 2  # the log can grow; a checkpoint can't be written
+    code = ("import resource, signal, sys; sys.path.insert(0, sys.argv[1]); "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            "import train_gpt; train_gpt.main(sys.argv[2:])")
+    p = subprocess.run([sys.executable, "-c", code, str(REPO), *FLAGS, "--data-dir", str(corpus_shards),
+                        "--out-dir", str(out), "--resume"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1
+    last = p.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in p.stderr
+    assert last.startswith("error: cannot write checkpoint") and "File too large" in last and "intact" in last
+    assert {p.name: p.read_bytes() for p in out.glob("ckpt_*")} == before
+    assert not list(out.glob("*.tmp"))
+
+
+def test_nonfinite_loss_stops_or_skips(corpus_shards, tmp_path, monkeypatch):
+    """A NaN loss stops the run naming its step, with no checkpoint after it; --skip-nonfinite skips that
+    update, logs it, and the run goes on with finite weights."""
+    forward = train_gpt.GPT.forward
+    calls = {"n": 0}
+
+    def nan_at_step_5(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (11, 12):  # step 5's two micro-steps
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(train_gpt.GPT, "forward", nan_at_step_5)
+    args = [*FLAGS, "--data-dir", str(corpus_shards), "--sample-every", "0"]
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*args, "--out-dir", str(tmp_path / "stop")])
+    assert "non-finite loss nan" in str(e.value) and "at step 5" in str(e.value)
+    assert sorted(p.name for p in (tmp_path / "stop").glob("ckpt_*")) == ["ckpt_000004.pt"]
+
+    calls["n"] = 0
+    train_gpt.main([*args, "--out-dir", str(tmp_path / "skip"), "--skip-nonfinite"])
+    log = read_log(tmp_path / "skip")
+    assert [e["step"] for e in log if "skipped" in e] == [5]
+    assert [e["step"] for e in log if "train_loss" in e] == [s for s in range(16) if s != 5]
+    ckpt = torch.load(tmp_path / "skip" / "ckpt_000016.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_nonfinite_weights_are_never_checkpointed(corpus_shards, tmp_path, monkeypatch):
+    """If the weights themselves become non-finite, no checkpoint is written and the earlier ones stay."""
+    step = torch.optim.AdamW.step
+
+    def poison_after_step_6(self, *a, **k):
+        out = step(self, *a, **k)
+        self._n = getattr(self, "_n", 0) + 1
+        if self._n == 6:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poison_after_step_6)
+    with pytest.raises(SystemExit, match="NaN or inf at step 8: no checkpoint written"):
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path), "--val-every", "0",
+                        "--sample-every", "0", "--skip-nonfinite"])  # the inf weights' losses are skipped
+    assert [p.name for p in tmp_path.glob("ckpt_*")] == ["ckpt_000004.pt"]
+
+# -----------------------------------------------------------------------------
+# bad input: one clear line, non-zero exit, nothing overwritten
+
+
+def make_shards(path, n_tokens=4096, vocab=50257, val=True, train=True):
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    if val:
+        write_shard(fineweb.shard_path(str(path), "val", 0), rng.integers(0, vocab, n_tokens).astype(np.uint16))
+    if train:
+        write_shard(fineweb.shard_path(str(path), "train", 1), rng.integers(0, vocab, n_tokens).astype(np.uint16))
+    return path
+
+
+def damage_shard(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "magic":
+        data[:4] = b"\x00\x00\x00\x00"
+    elif how == "version":
+        data[4:8] = np.int32(2).tobytes()
+    elif how == "truncated":
+        data = data[:-100]
+    elif how == "token":
+        data[-2:] = np.uint16(60000).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def train_error(tmp_path, data_dir, *flags) -> str:
+    """train_gpt.main's one-line error, after checking that the out dir was left as it was."""
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    (out / "log.jsonl").write_text('{"step": 0, "keep": "me"}\n')
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(data_dir), "--out-dir", str(out), *flags])
+    assert (out / "log.jsonl").read_text() == '{"step": 0, "keep": "me"}\n'  # nothing overwritten
+    assert not list(out.glob("ckpt_*"))
+    msg = str(e.value)
+    assert msg.startswith("error: ") and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "data dir {data} not found: make shards with `python fineweb.py`"),
+    ("no train", "no train shards (train_*.bin) in {data}"),
+    ("no val", "no val shards (val_*.bin) in {data}"),
+    ("magic", "train_000001.bin is not a token shard (bad magic number)"),
+    ("version", "train_000001.bin has shard format version 2, this code reads version 1"),
+    ("truncated", "train_000001.bin is truncated or damaged: its header says 4,096 tokens but it holds 4,046"),
+    ("token", "train_000001.bin holds token id 60000, but the model's --vocab-size is 50304"),
+    ("small", "val_000000.bin holds 100 tokens, fewer than one batch"),
+])
+def test_bad_data(tmp_path, case, message):
+    """Missing, absent, damaged, foreign or too small shards: one line that names the file and the fix."""
+    data = tmp_path / "data"
+    if case == "no train":
+        make_shards(data, train=False)
+    elif case == "no val":
+        make_shards(data, val=False)
+    elif case == "small":
+        make_shards(data, train=False)
+        write_shard(fineweb.shard_path(str(data), "val", 0), np.zeros(100, dtype=np.uint16))
+        write_shard(fineweb.shard_path(str(data), "train", 1), np.zeros(4096, dtype=np.uint16))
+    elif case != "missing":
+        make_shards(data)
+        damage_shard(data / "train_000001.bin", case)
+    assert message.format(data=data) in train_error(tmp_path, data)
+
+
+@pytest.mark.parametrize("flags,world_size,message", [
+    (["--n-head", "3"], 1, "n_embd (32) must be divisible by n_head (3)"),
+    (["--total-batch-size", "1000"], 1, "--total-batch-size 1000 must be a multiple of --batch-size x --seq-len"),
+    (["--total-batch-size", "512"], 3, "x processes = 4 x 64 x 3 = 768"),
+    (["--seq-len", "128"], 1, "--seq-len 128 is longer than the model's context --block-size 64"),
+    (["--max-steps", "0"], 1, "--max-steps must be positive, got 0"),
+    (["--max-steps=-3"], 1, "--max-steps must be positive, got -3"),
+    (["--max-lr", "0"], 1, "--max-lr must be positive, got 0.0"),
+    (["--max-lr=-1e-3"], 1, "--max-lr must be positive, got -0.001"),
+    (["--warmup-steps", "20"], 1, "--warmup-steps 20 is more than --max-steps 16"),
+    (["--keep-checkpoints", "-1"], 1, "--keep-checkpoints can't be negative"),
+])
+def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
+    """Flag values that can't work are refused before anything is read or written."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    assert message in train_error(tmp_path, tmp_path / "no-data-needed", *flags)
+
+
+def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):
+    """--resume with a checkpoint of another model configuration is refused, naming the flag; nothing changes."""
+    out = copy_run(run_dir, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--n-layer", "3", "--resume"])
+    assert "belongs to a different run: it has --n-layer 2 (now 3)" in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_out_dir_not_writable(corpus_shards, tmp_path):
+    """An --out-dir that can't be created (a file stands in the way) gets one line."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path / "file" / "run")])
+    assert str(e.value) == f"error: cannot write to --out-dir {tmp_path / 'file' / 'run'}: Not a directory"
+
+
+def test_errors_have_no_traceback(tmp_path):
+    """Through the real command line: one line on stderr, exit status 1, no traceback."""
+    for args in (["--data-dir", str(tmp_path / "nowhere")], ["--n-head", "3"]):
+        p = subprocess.run([sys.executable, str(REPO / "train_gpt.py"), *FLAGS, "--out-dir", str(tmp_path / "o"), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("error: "), p.stderr
