@@ -51,7 +51,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True  # see GPT._init_weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
@@ -59,7 +59,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         # softmax(q k^T / sqrt(hs) + causal mask) v, fused (flash attention where the device has it)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        else:  # a mask of the caller's: (B, 1, T, T), True where query t may read key t'
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -86,9 +89,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         # pre-LayerNorm: normalise the input of each branch, keep the residual stream clean
-        x = x + self.attn(self.ln_1(x))
+        x = x + self.attn(self.ln_1(x), attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -129,17 +132,31 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def hidden_states(self, idx: torch.Tensor, pos: torch.Tensor | None = None,
+                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids. Returns the final hidden states (B, T, C), after ln_f: what lm_head reads.
+
+        By default token t sits at position t and reads tokens 0..t. A caller may instead give each token's
+        position (pos, (B, T)) and what it reads (attn_mask, (B, 1, T, T) bool): that packs several
+        sequences sharing a prefix into one row, the prefix computed once (hellaswag.py does this with a
+        context and its four endings). Separate from forward so that a caller who needs the logits of a
+        few positions only can apply lm_head to those alone.
+        """
+        B, T = idx.size()
+        if pos is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of length {T} is longer than the context ({self.config.block_size})")
+            pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
+        elif pos.numel() and int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} is past the context ({self.config.block_size})")
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, attn_mask)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size) and the mean loss (or None)."""
-        B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than the context ({self.config.block_size})")
-        pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) broadcast
-        for block in self.transformer.h:
-            x = block(x)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, vocab_size)
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             # in float32 even under autocast: a softmax over 50k entries is where bf16 hurts most

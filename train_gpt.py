@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import hellaswag
 from fineweb import ShardError, list_shards, read_shard
 from model import GPT, PRESETS, GPTConfig
 from tokenizer import get_encoding
@@ -68,6 +69,9 @@ class TrainConfig:
     # evaluation, samples and checkpoints (0 turns an event off)
     val_every: int = _f(250, "val loss every N steps and at the end")
     val_steps: int = _f(20, "micro-batches of val tokens per val loss (always the same tokens)")
+    hellaswag_every: int = _f(250, "HellaSwag accuracy every N steps, at the first step and at the end")
+    hellaswag_limit: int = _f(0, "HellaSwag on the first N examples only (0: all 10,042)")
+    hellaswag_data: str = _f("", "a HellaSwag jsonl file (default: the official val set, downloaded once)")
     sample_every: int = _f(250, "samples every N steps, at the first step and at the end")
     sample_prompt: str = _f("Hello, I'm a language model,", "prompt of the samples")
     num_samples: int = _f(4, "samples drawn each time")
@@ -104,7 +108,8 @@ def preset_config(name: str) -> TrainConfig:
     if name == "tiny":  # for tests and smoke runs: seconds on a CPU
         return TrainConfig(preset="tiny", **_model_fields("tiny"), batch_size=4, seq_len=64,
                            total_batch_size=512, max_steps=50, warmup_steps=5, max_lr=1e-2, min_lr=1e-3,
-                           val_every=10, val_steps=2, sample_every=0, sample_len=8, checkpoint_every=25)
+                           val_every=10, val_steps=2, hellaswag_every=0, sample_every=0, sample_len=8,
+                           checkpoint_every=25)
     raise ValueError(f"unknown preset {name!r}")
 
 
@@ -142,7 +147,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     for name in ("warmup_steps", "min_lr", "weight_decay", "grad_clip", "val_every", "val_steps",
-                 "sample_every", "num_samples", "sample_len", "checkpoint_every", "keep_checkpoints"):
+                 "hellaswag_every", "hellaswag_limit", "sample_every", "num_samples", "sample_len", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} can't be negative, got {getattr(cfg, name)}")
     if cfg.seq_len > cfg.block_size:
@@ -596,6 +601,19 @@ def main(argv=None) -> None:
     except ShardError as e:
         raise SystemExit(f"error: {e}") from None
 
+    # HellaSwag examples, read once (the first process downloads them, the others wait and read the copy)
+    hellaswag_examples = None
+    if cfg.hellaswag_every > 0:
+        try:
+            if master and not cfg.hellaswag_data:
+                hellaswag.val_file(flag="--hellaswag-data")
+            if world_size > 1:
+                dist.barrier()
+            path = cfg.hellaswag_data or hellaswag.val_file(flag="--hellaswag-data")
+            hellaswag_examples = hellaswag.load_examples(path, cfg.hellaswag_limit or None)
+        except hellaswag.HellaSwagError as e:
+            raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
+
     # model and optimizer
     raw_model = GPT(model_config(cfg)).to(device)
     model = DDP(raw_model, device_ids=[local_rank] if device_type == "cuda" else None) if world_size > 1 else raw_model
@@ -681,6 +699,12 @@ def main(argv=None) -> None:
                     val_loss = evaluate_val(model, val_loader, cfg.val_steps, device, dtype)
                     print0(f"step {step:5d} | val loss {val_loss:.4f}")
                     logger.log(step, val_loss=val_loss)
+                if due(cfg.hellaswag_every, step):  # every process scores its share of the examples
+                    hs = hellaswag.evaluate(raw_model, hellaswag_examples, enc, device, dtype,
+                                            rank=rank, world_size=world_size)
+                    print0(f"step {step:5d} | hellaswag acc_norm {hs['acc_norm']:.4f} | acc {hs['acc']:.4f} | "
+                           f"n {hs['n']}")
+                    logger.log(step, hellaswag_acc_norm=hs["acc_norm"], hellaswag_acc=hs["acc"], hellaswag_n=hs["n"])
                 if due(cfg.sample_every, step) and master:
                     samples = sample_text(raw_model, enc, cfg.sample_prompt, cfg.num_samples, cfg.sample_len,
                                           top_k=50, seed=42, device=device, dtype=dtype)

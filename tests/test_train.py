@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import generate
+import hellaswag
 import train_gpt
+from conftest import need_shared_data
 from train_gpt import TrainConfig, get_lr, parse_config
 
 
@@ -64,8 +66,10 @@ def test_lr_schedule():
 def trained(corpus_shards, tmp_path_factory):
     """fineweb.py's shards of a corpus slice, then 40 steps of the tiny preset."""
     out = tmp_path_factory.mktemp("run")
+    hellaswag_data = need_shared_data("hellaswag/hellaswag_val_preprocessed.jsonl")
     train(corpus_shards, out, "--max-steps", "40", "--val-every", "20", "--sample-every", "20",
-          "--checkpoint-every", "25")
+          "--checkpoint-every", "25", "--hellaswag-every", "20", "--hellaswag-limit", "40",
+          "--hellaswag-data", str(hellaswag_data))
     return out
 
 
@@ -85,6 +89,26 @@ def test_log_and_samples(trained):
     assert sorted(samples) == [0, 20, 40]
     assert len(samples[40]) == 4 and all(s.startswith("Hello, I'm a language model,") for s in samples[40])
     assert log[0]["event"] == "start" and log[0]["config"]["preset"] == "tiny"
+
+
+def test_hellaswag_in_training(trained, capsys):
+    """HellaSwag is scored at the first step, every --hellaswag-every steps and at the end, and logged."""
+    log = read_log(trained)
+    assert sorted(metric(log, "hellaswag_acc_norm")) == [0, 20, 40]
+    assert set(metric(log, "hellaswag_n").values()) == {40}
+    for name in ("hellaswag_acc", "hellaswag_acc_norm"):
+        assert all(0 <= v <= 1 and (v * 40).is_integer() for v in metric(log, name).values())
+
+
+def test_hellaswag_offline_is_one_line(corpus_shards, tmp_path, monkeypatch):
+    """Without --hellaswag-data and without network, training stops at once with one line saying what to do."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(hellaswag, "VAL_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens there
+    with pytest.raises(SystemExit) as e:
+        train(corpus_shards, tmp_path / "out", "--hellaswag-every", "10")
+    msg = str(e.value)
+    assert msg.startswith("error: cannot download") and "pass --hellaswag-data FILE" in msg and "\n" not in msg
+    assert "--hellaswag-every 0" in msg and not list((tmp_path / "out").glob("ckpt_*"))
 
 
 def test_checkpoints(trained):

@@ -1,0 +1,470 @@
+"""
+HellaSwag: can the model tell which of four endings continues a short story? Accuracy on the validation set.
+
+    python hellaswag.py --checkpoint log/                            # the latest checkpoint of a run
+    python hellaswag.py --checkpoint log/ckpt_012207.pt --limit 500  # the first 500 examples only
+    python hellaswag.py --checkpoint log/ --data hellaswag_val.jsonl # a local copy: no download
+    python hellaswag.py --model gpt2                                 # OpenAI's GPT-2 124M, via transformers
+
+Each example is a context and four endings, one of them right (its `label`). Completion style scoring:
+the model reads context + ending, and the cross-entropy of the ending's tokens is its loss. `acc` picks
+the ending with the lowest summed loss, `acc_norm` the lowest mean loss per token, which doesn't favour
+short endings. Chance is 0.25; OpenAI's GPT-2 124M gets acc 0.2859 and acc_norm 0.2955 this way.
+
+A row longer than the model's context (never the case for GPT-2's 1,024 tokens: the longest is 149)
+loses tokens from the left of its context: the model couldn't read them anyway.
+
+Without --data the official validation file (10,042 examples) is downloaded once into --cache-dir and
+checked. The last line printed is key=value pairs: `n=10042 acc=... acc_norm=... seconds=...`.
+
+From a training loop:
+
+    from hellaswag import load_examples, val_file, evaluate
+    examples = load_examples(val_file())   # once; or load_examples("my_copy.jsonl")
+    res = evaluate(model, examples, enc, device, dtype, rank=rank, world_size=world_size)
+    res["acc_norm"]                        # the same totals on every process
+"""
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+
+import requests
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from model import GPT
+from tokenizer import get_encoding
+
+# -----------------------------------------------------------------------------
+# data: the validation file, downloaded once, and a checked reader
+
+VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+VAL_BYTES = 12_246_618  # the official file's size and line count: a download must match both
+VAL_LINES = 10_042
+
+
+class HellaSwagError(ValueError):
+    """A data file that can't be downloaded or read; the message names the file (and the line)."""
+
+
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/gpt-seed, or ~/.cache/gpt-seed."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gpt-seed")
+
+
+def count_lines(path: str) -> int:
+    """Lines in a file, the last one counted whether or not it ends with a newline."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def file_problem(path: str, n_bytes: int, n_lines: int) -> str | None:
+    """What is wrong with a file that should have exactly n_bytes bytes and n_lines lines, or None."""
+    size = os.path.getsize(path)
+    if size != n_bytes:
+        return f"{size:,} bytes, expected {n_bytes:,}"
+    lines = count_lines(path)
+    if lines != n_lines:
+        return f"{lines:,} lines, expected {n_lines:,}"
+    return None
+
+
+def download(url: str, path: str, n_bytes: int, n_lines: int, timeout: float = 30.0, flag: str = "--data") -> None:
+    """Stream url to path with a progress bar. Written to a temporary file, checked, then renamed: a file
+    at path is always a complete, checked one."""
+    tmp = f"{path}.{os.getpid()}.tmp"  # one per process: several ranks may download at once
+    hint = f"pass {flag} FILE with a local copy of hellaswag_val.jsonl"  # flag: the caller's own option
+    try:
+        with requests.get(url, stream=True, timeout=timeout) as r:
+            r.raise_for_status()
+            bar = tqdm(total=n_bytes, unit="B", unit_scale=True, desc="hellaswag_val.jsonl")
+            with open(tmp, "wb") as f, bar:
+                for chunk in r.iter_content(chunk_size=1 << 16):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        problem = file_problem(tmp, n_bytes, n_lines)
+        if problem:
+            raise HellaSwagError(f"the download of {url} is not the expected file ({problem}); {hint}")
+        os.replace(tmp, path)
+    except requests.Timeout:
+        raise HellaSwagError(f"cannot download {url}: timed out; {hint}") from None
+    except requests.ConnectionError:
+        raise HellaSwagError(f"cannot download {url}: no connection; {hint}") from None
+    except requests.HTTPError as e:
+        raise HellaSwagError(f"cannot download {url}: HTTP {e.response.status_code}; {hint}") from None
+    except requests.RequestException as e:
+        raise HellaSwagError(f"cannot download {url}: {type(e).__name__}; {hint}") from None
+    except OSError as e:
+        raise HellaSwagError(f"cannot write {path}: {e.strerror}; choose another --cache-dir or {hint}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def val_file(cache_dir: str | None = None, url: str | None = None, n_bytes: int = VAL_BYTES,
+             n_lines: int = VAL_LINES, flag: str = "--data") -> str:
+    """Path of the validation file in cache_dir: the cached copy if it checks out, else downloaded."""
+    cache_dir, url = cache_dir or default_cache_dir(), url or VAL_URL
+    path = os.path.join(cache_dir, "hellaswag_val.jsonl")
+    if os.path.isfile(path) and file_problem(path, n_bytes, n_lines) is None:
+        return path  # (a file that fails the check isn't one we wrote: download it again)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise HellaSwagError(f"cannot create cache dir {cache_dir}: {e.strerror}") from None
+    download(url, path, n_bytes, n_lines, flag=flag)
+    return path
+
+
+def parse_example(obj) -> dict:
+    """A decoded jsonl line -> {"ctx", "endings", "label"}; ValueError saying what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    for key in ("ctx", "endings", "label"):
+        if key not in obj:
+            raise ValueError(f"missing field {key!r}")
+    ctx, endings, label = obj["ctx"], obj["endings"], obj["label"]
+    if not isinstance(ctx, str) or not ctx:
+        raise ValueError("'ctx' must be a non-empty string")
+    if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
+        raise ValueError("'endings' must be a list of four strings")
+    if type(label) is not int or not 0 <= label <= 3:  # type(): True is an int too
+        raise ValueError(f"'label' must be an integer 0..3, got {label!r}")
+    return {"ctx": ctx, "endings": endings, "label": label}
+
+
+def load_examples(path: str, limit: int | None = None) -> list[dict]:
+    """The examples of a HellaSwag jsonl file (fields ctx, endings, label; others are ignored), in file
+    order; limit: the first N only. A bad file raises HellaSwagError naming the file and line."""
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise HellaSwagError(f"{path}: file not found") from None
+    except OSError as e:
+        raise HellaSwagError(f"{path}: cannot read it ({e.strerror})") from None
+    examples = []
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            if len(examples) == limit:
+                break
+            if not raw.strip():
+                continue  # a blank line (a trailing newline too many) holds no example
+            try:
+                examples.append(parse_example(json.loads(raw.decode("utf-8"))))
+            except UnicodeDecodeError:
+                raise HellaSwagError(f"{path}:{lineno}: not UTF-8 text") from None
+            except json.JSONDecodeError as e:
+                raise HellaSwagError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except ValueError as e:
+                raise HellaSwagError(f"{path}:{lineno}: {e}") from None
+    if not examples:
+        raise HellaSwagError(f"{path}: no examples (empty file)")
+    return examples
+
+# -----------------------------------------------------------------------------
+# rendering: an example -> four rows of tokens, and a mask of the tokens to score
+
+
+def render_example(example: dict, enc, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """tokens (4, T): row i is context + ending i, right-padded with 0; mask (4, T): 1 on the ending's
+    tokens (the ones scored), 0 on context and padding; and the label.
+
+    Context and endings are tokenized separately and concatenated. A row longer than block_size loses
+    context tokens from its left, as many as needed: the model couldn't read them anyway. The ending is
+    always kept whole.
+    """
+    ctx = enc.encode_ordinary(example["ctx"])
+    if not ctx:
+        raise HellaSwagError("an example with an empty context: its ending's first token can't be scored")
+    rows, masks = [], []
+    for ending in example["endings"]:
+        end = enc.encode_ordinary(" " + ending)  # GPT-2's tokens carry the space before a word
+        keep = len(ctx)
+        if block_size is not None and len(ctx) + len(end) > block_size:
+            keep = block_size - len(end)
+            if keep < 1:
+                raise HellaSwagError(f"an ending of {len(end)} tokens leaves no room for context in the "
+                                     f"model's {block_size}-token context")
+        rows.append(ctx[len(ctx) - keep:] + end)
+        masks.append([0] * keep + [1] * len(end))
+    T = max(len(row) for row in rows)
+    tokens = torch.zeros((4, T), dtype=torch.long)
+    mask = torch.zeros((4, T), dtype=torch.long)
+    for i, (row, m) in enumerate(zip(rows, masks)):
+        tokens[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(m)] = torch.tensor(m)
+    return tokens, mask, example["label"]
+
+
+def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens, mask) of several examples -> one (4 x examples, T) pair, right-padded to the longest.
+    Padding at the right leaves every position where it was, and causal attention never looks at it."""
+    T = max(tokens.size(1) for tokens, _ in items)
+    tokens = torch.cat([F.pad(t, (0, T - t.size(1))) for t, _ in items])  # (4b, T)
+    mask = torch.cat([F.pad(m, (0, T - m.size(1))) for _, m in items])  # (4b, T)
+    return tokens, mask
+
+
+
+def pack_example(example: dict, enc, block_size: int | None = None) -> tuple[list[int], list[int], list[int]]:
+    """One row for a whole example: the context once, then its four endings one after the other.
+    Returns tokens, positions (each ending starts where the context ends) and segments (0: context,
+    1..4: ending i+1). With an attention mask that lets an ending read the context and itself only, this
+    computes what four rows of context + ending compute, for the context's cost once instead of four
+    times. The context is cut from the left as in render_example when the longest row needs it."""
+    ctx = enc.encode_ordinary(example["ctx"])
+    ends = [enc.encode_ordinary(" " + ending) for ending in example["endings"]]
+    longest = max(len(end) for end in ends)
+    if block_size is not None and len(ctx) + longest > block_size:
+        if block_size - longest < 1:
+            raise HellaSwagError(f"an ending of {longest} tokens leaves no room for context in the "
+                                 f"model's {block_size}-token context")
+        ctx = ctx[len(ctx) - (block_size - longest):]
+    if not ctx:
+        raise HellaSwagError("an example with an empty context: its ending's first token can't be scored")
+    tokens, pos, seg = list(ctx), list(range(len(ctx))), [0] * len(ctx)
+    for i, end in enumerate(ends):
+        tokens += end
+        pos += range(len(ctx), len(ctx) + len(end))
+        seg += [i + 1] * len(end)
+    return tokens, pos, seg
+
+
+def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
+    """Packed rows -> tokens, pos, seg (B, L), right-padded (segment -1), and the attention mask (B, 1, L, L):
+    query j reads key k <= j of the context or of its own segment."""
+    L = max(len(tokens) for tokens, _, _ in items)
+    tokens = torch.zeros((len(items), L), dtype=torch.long)
+    pos = torch.zeros((len(items), L), dtype=torch.long)
+    seg = torch.full((len(items), L), -1, dtype=torch.long)
+    for b, (t, p, s) in enumerate(items):
+        tokens[b, :len(t)], pos[b, :len(p)], seg[b, :len(s)] = torch.tensor(t), torch.tensor(p), torch.tensor(s)
+    causal = torch.ones(L, L, dtype=torch.bool).tril()  # (L, L): [query, key]
+    readable = (seg[:, :, None] == seg[:, None, :]) | (seg[:, None, :] == 0)  # (B, L, L) own segment or context
+    return tokens, pos, seg, (causal & readable).unsqueeze(1)  # mask (B, 1, L, L)
+
+# -----------------------------------------------------------------------------
+# scoring
+#
+# A model is either our GPT, or any callable (an nn.Module or a plain function) mapping tokens (B, T) to
+# logits (B, T, V), e.g. Hugging Face's GPT-2 through HFLogits below. Our GPT gets a fast path: the output
+# head of the `seed` model (256 -> 50,304) costs more than its four blocks, so we apply it only at the
+# positions that predict an ending's token, about 40% of them.
+
+Model = GPT | Callable[[torch.Tensor], torch.Tensor]
+HEAD_CHUNK = 1024  # scored positions per output-head matmul: bounds its logits to 1024 x 50,304 floats (200 MB)
+
+
+def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed and mean cross-entropy of the masked tokens of each row. tokens, mask: (R, T) -> (R,), (R,)."""
+    R = tokens.size(0)
+    # the logits at position t predict token t+1: an ending token at t+1 is scored at position t
+    targets = tokens[:, 1:]  # (R, T-1)
+    scored = mask[:, 1:].bool()  # (R, T-1)
+    # cross-entropy over the model's whole vocabulary (padding ids included), in float32 even under autocast
+    if isinstance(model, GPT):
+        hidden = model.hidden_states(tokens)[:, :-1][scored]  # (N, C): N scored tokens in all rows
+        # the head in chunks of positions: (chunk, V) logits at a time, whatever the batch size
+        losses = torch.cat([F.cross_entropy(model.lm_head(h).float(), y, reduction="none")
+                            for h, y in zip(hidden.split(HEAD_CHUNK), targets[scored].split(HEAD_CHUNK))])  # (N,)
+    else:
+        logits = model(tokens)[:, :-1][scored]  # (N, V)
+        losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)
+    row = torch.arange(R, device=tokens.device).unsqueeze(1).expand_as(scored)[scored]  # (N,) row of each
+    sums = torch.zeros(R, device=tokens.device).index_add_(0, row, losses)  # (R,)
+    return sums, sums / scored.sum(1)
+
+
+def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed and mean cross-entropy of each ending of packed rows: (B, L) -> (B, 4), (B, 4)."""
+    hidden = model.hidden_states(tokens, pos, mask)  # (B, L, C)
+    B, L = tokens.shape
+    # the first token of an ending is predicted at the context's last position, each later one at the
+    # ending's previous token: for a scored token at j, that is j-1, or the context's end if j starts an ending
+    ctx_end = (seg == 0).sum(1) - 1  # (B,)
+    j = torch.arange(L, device=tokens.device).expand(B, L)  # (B, L)
+    starts = (seg > 0) & (pos == ctx_end[:, None] + 1)  # (B, L) first token of an ending
+    src = torch.where(starts, ctx_end[:, None].expand(B, L), j - 1)  # (B, L) position that predicts token j
+    scored = seg > 0  # (B, L)
+    b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
+    h = hidden[b, src[scored]]  # (N, C)
+    targets = tokens[scored]  # (N,)
+    losses = torch.cat([F.cross_entropy(model.lm_head(hc).float(), yc, reduction="none")
+                        for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])  # (N,)
+    slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
+    sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
+    counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))
+    return sums.view(B, 4), (sums / counts).view(B, 4)
+
+
+@torch.inference_mode()
+def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   batch_size: int = 32, block_size: int | None = None, progress: bool = False,
+                   packed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed and mean loss of every ending: two (n, 4) float32 tensors, rows in the order of examples.
+
+    batch_size examples (x 4 endings) per forward pass, the examples sorted by length so that a batch
+    holds rows of similar lengths and little padding. block_size: the longest row the model reads
+    (default: our GPT's context; none for other models); longer rows lose context from the left.
+    Our GPT reads each example as one packed row (pack_example) unless packed=False; any other model
+    reads four rows of context + ending (render_example).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(model, DistributedDataParallel):
+        model = model.module  # no gradients here, so the wrapper has nothing to do; the fast path needs our GPT
+    packed = packed and isinstance(model, GPT)
+    if block_size is None and isinstance(model, GPT):
+        block_size = model.config.block_size
+    if packed:
+        rendered = [pack_example(ex, enc, block_size) for ex in examples]
+    else:
+        rendered = [render_example(ex, enc, block_size)[:2] for ex in examples]
+    length = [len(r[0]) if packed else r[0].size(1) for r in rendered]
+    order = sorted(range(len(rendered)), key=lambda i: -length[i])  # longest first: out of memory early, if at all
+    sums = torch.zeros(len(examples), 4)
+    means = torch.zeros(len(examples), 4)
+    device_type = torch.device(device).type
+    is_module = isinstance(model, nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
+    try:
+        with tqdm(total=len(examples), unit="ex", desc="hellaswag", disable=not progress) as bar:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+                    if packed:
+                        batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
+                        s, m = packed_losses(model, *(t.to(device) for t in batch))  # (b, 4)
+                    else:
+                        tokens, mask = collate([rendered[i] for i in idx])  # (4b, T)
+                        s, m = ending_losses(model, tokens.to(device), mask.to(device))
+                sums[idx] = s.view(-1, 4).float().cpu()  # rows 4j..4j+3 are the endings of example idx[j]
+                means[idx] = m.view(-1, 4).float().cpu()
+                bar.update(len(idx))
+    finally:
+        if is_module:
+            model.train(was_training)
+    return sums, means
+
+
+def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             batch_size: int = 32, block_size: int | None = None, rank: int = 0, world_size: int = 1,
+             progress: bool = False) -> dict:
+    """{"n", "acc", "acc_norm"} of model on examples. Process `rank` of `world_size` scores every
+    world_size-th example; under torch.distributed the counts are summed, so every process returns the
+    totals. The model is put in eval mode and back in its previous mode; no random numbers are drawn."""
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    mine = examples[rank::world_size]
+    sums, means = score_examples(model, mine, enc, device, dtype, batch_size, block_size, progress)
+    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
+    counts = torch.tensor([len(mine), (sums.argmin(1) == labels).sum().item(),
+                           (means.argmin(1) == labels).sum().item()], dtype=torch.long, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    n, correct, correct_norm = counts.tolist()
+    return {"n": n, "acc": correct / n, "acc_norm": correct_norm / n}
+
+# -----------------------------------------------------------------------------
+# OpenAI's GPT-2 through transformers (optional: only --model needs it)
+
+HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+class HFLogits(nn.Module):
+    """A Hugging Face causal LM as a plain logits model: tokens (B, T) -> logits (B, T, V)."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.hf(idx, use_cache=False).logits
+
+
+def load_hf_gpt2(name: str) -> tuple[HFLogits, int]:
+    """OpenAI's GPT-2 `name` from the Hugging Face hub (or its local cache), and its context length."""
+    try:
+        from transformers import GPT2LMHeadModel  # here only: nothing else in the repo needs transformers
+    except ImportError:
+        raise HellaSwagError("--model needs the transformers package: pip install -r requirements-dev.txt") from None
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(name)
+    except OSError:  # transformers' error for no network and no cached copy, or an unknown name
+        raise HellaSwagError(f"cannot load {name} from the Hugging Face hub (no network, and not in its "
+                             "local cache); evaluate a --checkpoint instead") from None
+    return HFLogits(hf), hf.config.n_positions
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint file, or an out dir: its latest checkpoint")
+    which.add_argument("--model", choices=HF_MODELS,
+                       help="OpenAI's GPT-2 from the Hugging Face hub (needs transformers)")
+    p.add_argument("--data", help="a HellaSwag jsonl file (default: the official validation set, downloaded once)")
+    p.add_argument("--cache-dir", default=default_cache_dir(), help="where the download is kept (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="evaluate the first N examples only (default: all)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="examples per forward pass, x 4 endings (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                   help="autocast dtype; auto: bfloat16 where the device computes it natively (default: %(default)s)")
+    args = p.parse_args(argv)
+    for name in ("limit", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {value}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    # imported here, not at the top: train_gpt imports this module for its in-training evaluation
+    from train_gpt import autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device
+    device = pick_device(args.device)
+    dtype = autocast_dtype(device.split(":")[0], args.dtype)
+    try:
+        data = args.data or val_file(args.cache_dir)
+        examples = load_examples(data, args.limit)
+        if args.checkpoint:
+            name, ckpt = open_checkpoint(args.checkpoint)  # a file, or an out dir's latest good checkpoint
+            model = model_from_checkpoint(ckpt)
+            block_size = model.config.block_size
+        else:
+            (model, block_size), name = load_hf_gpt2(args.model), args.model
+        model.to(device)
+        print(f"{name} | {len(examples):,} examples of {data} | device {device} | autocast {dtype} | "
+              f"{torch.get_num_threads()} threads")
+        enc = get_encoding()
+        t0 = time.perf_counter()
+        res = evaluate(model, examples, enc, device, dtype, args.batch_size, block_size, progress=True)
+        seconds = time.perf_counter() - t0
+    except HellaSwagError as e:
+        raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
+    res.update(seconds=round(seconds, 1), examples_per_s=round(res["n"] / seconds, 1))
+    print(" ".join(f"{k}={v:.4f}" if k.startswith("acc") else f"{k}={v}" for k, v in res.items()))
+    return res
+
+
+if __name__ == "__main__":
+    main()

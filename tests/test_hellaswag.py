@@ -1,0 +1,394 @@
+"""python -m pytest tests/test_hellaswag.py -v"""
+
+import functools
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+
+import pytest
+import torch
+import torch.nn as nn
+
+import hellaswag
+from conftest import REPO, need_shared_data
+from hellaswag import HellaSwagError, evaluate, load_examples, render_example, score_examples, val_file
+from model import GPT, GPTConfig
+from tokenizer import get_encoding
+
+VAL = "hellaswag/hellaswag_val_preprocessed.jsonl"
+
+ITEM = {"ctx": "A man is sitting on a roof. he", "label": 3, "activity_label": "Roof shingle removal",
+        "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_encoding()
+
+
+def write_jsonl(path, items) -> str:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return str(path)
+
+
+def small_gpt(**kw) -> GPT:
+    """A random GPT that reads every HellaSwag example whole (the longest is 149 tokens)."""
+    return GPT(GPTConfig(**{**dict(block_size=160, n_layer=2, n_head=2, n_embd=32), **kw})).eval()
+
+# -----------------------------------------------------------------------------
+# a model whose losses are known in advance: logits depend on the input token only, and each row of
+# its table is a normalised log-distribution, so the loss of token j after token i is -table[i, j]
+
+WORDS = {"c": 0, "x": 1, "y": 2, "z": 3, "w": 4}  # id 5 takes the probability mass left over
+LOSS = {("c", "x"): 2.0, ("c", "y"): 1.5, ("c", "z"): 3.0, ("c", "w"): 2.5,
+        ("y", "z"): 1.5, ("w", "w"): 2.5, ("x", "x"): 0.5}  # every other word pair: 6.0
+
+
+class WordEncoding:
+    """Stands in for the tokenizer: one token per space-separated word."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [WORDS[w] for w in text.split()]
+
+
+class BigramModel(nn.Module):
+    """tokens (B, T) -> logits (B, T, 6): row `token` of a fixed table of log-probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        table = torch.full((6, 6), -6.0)
+        for (a, b), loss in LOSS.items():
+            table[WORDS[a], WORDS[b]] = -loss
+        table[:, 5] = torch.log(1 - table[:, :5].exp().sum(1))  # the rest of each row's mass
+        self.register_buffer("table", table)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[idx]
+
+
+CRAFTED = [
+    # sums 2, 3, 3, 5 pick ending 0; means 2, 1.5, 3, 2.5 pick ending 1, the right one
+    {"ctx": "c", "endings": ["x", "y z", "z", "w w"], "label": 1},
+    # one token each: sums = means = 3, 1.5, 2.5, 2; both pick ending 1, right
+    {"ctx": "c", "endings": ["z", "y", "w", "x"], "label": 1},
+    # a context of two tokens: the ending is scored after its last one, "x"; losses 0.5, 6, 6, 6
+    {"ctx": "c x", "endings": ["x", "y", "z", "w"], "label": 2},
+]
+CRAFTED_SUMS = [[2.0, 3.0, 3.0, 5.0], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
+CRAFTED_MEANS = [[2.0, 1.5, 3.0, 2.5], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def test_load_examples_keeps_three_fields_and_limit(tmp_path):
+    """load_examples returns ctx, endings and label in file order; limit keeps the first N; blank lines skip."""
+    items = [dict(ITEM, label=i) for i in range(4)]
+    path = write_jsonl(tmp_path / "hs.jsonl", items)
+    with open(path, "a") as f:
+        f.write("\n")
+    examples = load_examples(path)
+    assert examples == [{"ctx": ITEM["ctx"], "endings": ITEM["endings"], "label": i} for i in range(4)]
+    assert [ex["label"] for ex in load_examples(path, limit=2)] == [0, 1]
+
+
+def test_reads_the_shared_validation_set():
+    """The shared preprocessed validation file loads whole: 10,042 examples, labels as counted in its README."""
+    examples = load_examples(str(need_shared_data(VAL)))
+    assert len(examples) == 10042
+    assert [sum(ex["label"] == k for ex in examples) for k in range(4)] == [2515, 2485, 2584, 2458]
+
+
+GOOD = json.dumps(ITEM)
+
+
+@pytest.mark.parametrize("content,where,what", [
+    (GOOD + "\n{not json\n", ":2:", "not valid JSON"),
+    (GOOD + "\n" + json.dumps({"ctx": "a", "endings": ["b"] * 4}) + "\n", ":2:", "missing field 'label'"),
+    (json.dumps(dict(ITEM, label=4)), ":1:", "'label' must be an integer 0..3"),
+    (json.dumps(dict(ITEM, label="3")), ":1:", "'label' must be an integer 0..3"),
+    (json.dumps(dict(ITEM, endings=ITEM["endings"][:3])), ":1:", "four strings"),
+    (json.dumps(dict(ITEM, ctx="")), ":1:", "'ctx' must be a non-empty string"),
+    ("[1, 2]\n", ":1:", "expected a JSON object"),
+    (GOOD + "\n" + GOOD + "\n\xff\n", ":3:", "not UTF-8"),
+    ("", "", "no examples (empty file)"),
+])
+def test_malformed_file_names_file_and_line(tmp_path, content, where, what):
+    """A malformed file raises HellaSwagError naming the file, the line and the problem, on one line."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(HellaSwagError) as e:
+        load_examples(str(path))
+    assert f"{path}{where}" in str(e.value) and what in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    """A file that isn't there: HellaSwagError naming it."""
+    with pytest.raises(HellaSwagError, match="nope.jsonl: file not found"):
+        load_examples(str(tmp_path / "nope.jsonl"))
+
+# -----------------------------------------------------------------------------
+# download, against a local HTTP server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www; yields (base url, list of requested paths)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    requested = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requested.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requested
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def refused_url() -> str:
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hellaswag_val.jsonl"
+
+
+def test_download_is_checked_cached_and_reused(tmp_path, server):
+    """The file is downloaded into the cache dir once; the next call uses the copy, even offline."""
+    url, root, requested = server
+    body = (GOOD + "\n") * 3
+    (root / "val.jsonl").write_text(body)
+    cache = tmp_path / "cache"
+    path = val_file(str(cache), url=f"{url}/val.jsonl", n_bytes=len(body), n_lines=3)
+    assert open(path).read() == body and os.listdir(cache) == ["hellaswag_val.jsonl"]
+    assert val_file(str(cache), url=refused_url(), n_bytes=len(body), n_lines=3) == path
+    assert requested == ["/val.jsonl"]
+    assert len(load_examples(path)) == 3
+
+
+@pytest.mark.parametrize("n_bytes,n_lines,what", [(10, 3, "bytes, expected 10"), (None, 4, "3 lines, expected 4")])
+def test_wrong_download_leaves_nothing(tmp_path, server, n_bytes, n_lines, what):
+    """A download of the wrong size or line count is refused, and neither it nor a temporary file stays."""
+    url, root, _ = server
+    body = (GOOD + "\n") * 3
+    (root / "val.jsonl").write_text(body)
+    cache = tmp_path / "cache"
+    with pytest.raises(HellaSwagError, match=what):
+        val_file(str(cache), url=f"{url}/val.jsonl", n_bytes=n_bytes or len(body), n_lines=n_lines)
+    assert os.listdir(cache) == []
+
+
+def test_offline_or_http_error_says_pass_data(tmp_path, server):
+    """No connection, or an HTTP error: one line that says to pass --data."""
+    url, _, _ = server
+    for bad, what in ((refused_url(), "no connection"), (f"{url}/missing.jsonl", "HTTP 404")):
+        with pytest.raises(HellaSwagError) as e:
+            val_file(str(tmp_path / "cache"), url=bad)
+        assert what in str(e.value) and "pass --data" in str(e.value) and "\n" not in str(e.value)
+    assert os.listdir(tmp_path / "cache") == []
+
+# -----------------------------------------------------------------------------
+# rendering
+
+
+def test_render_example(enc):
+    """Row i is context + " " + ending i; the mask is 1 on the ending only; the label is kept."""
+    tokens, mask, label = render_example(ITEM, enc)
+    ctx = enc.encode_ordinary(ITEM["ctx"])
+    ends = [enc.encode_ordinary(" " + e) for e in ITEM["endings"]]
+    T = len(ctx) + max(len(e) for e in ends)
+    assert tokens.shape == mask.shape == (4, T) and tokens.dtype == torch.long
+    assert label == 3
+    for i, end in enumerate(ends):
+        n = len(ctx) + len(end)
+        assert tokens[i, :n].tolist() == ctx + end and tokens[i, n:].eq(0).all()
+        assert mask[i].tolist() == [0] * len(ctx) + [1] * len(end) + [0] * (T - n)
+
+
+def test_render_cuts_context_from_the_left(enc):
+    """Rows longer than block_size keep the whole ending and the last tokens of the context."""
+    ctx = enc.encode_ordinary(ITEM["ctx"])
+    tokens, mask, _ = render_example(ITEM, enc, block_size=12)
+    for i, ending in enumerate(ITEM["endings"]):
+        end = enc.encode_ordinary(" " + ending)
+        row = tokens[i, :12].tolist()
+        assert row == ctx[-(12 - len(end)):] + end and mask[i].sum() == len(end)
+    with pytest.raises(HellaSwagError, match="no room for context"):
+        render_example(ITEM, enc, block_size=3)
+
+# -----------------------------------------------------------------------------
+# scoring
+
+
+def test_crafted_losses_and_choices():
+    """Known log-probabilities give the hand-computed sum and mean losses, and acc != acc_norm as designed."""
+    model, wenc = BigramModel(), WordEncoding()
+    sums, means = score_examples(model, CRAFTED, wenc, batch_size=2)
+    torch.testing.assert_close(sums, torch.tensor(CRAFTED_SUMS))
+    torch.testing.assert_close(means, torch.tensor(CRAFTED_MEANS))
+    assert evaluate(model, CRAFTED, wenc) == {"n": 3, "acc": 1 / 3, "acc_norm": 2 / 3}
+
+
+def test_fast_path_matches_full_logits(enc):
+    """Our GPT's paths (one packed row per example, or four rows; the head at the scored positions only)
+    equal scoring four rows of context + ending with the full (padded) logits."""
+    model = small_gpt()
+    examples = load_examples(str(need_shared_data(VAL)), limit=10)
+    packed = score_examples(model, examples, enc, batch_size=4)
+    rows = score_examples(model, examples, enc, batch_size=4, packed=False)
+    full = score_examples(lambda idx: model(idx)[0], examples, enc, batch_size=4)
+    torch.testing.assert_close(packed, full)
+    torch.testing.assert_close(rows, full)
+
+
+def test_pack_example(enc):
+    """A packed row is the context once, then the four endings, each placed right after the context."""
+    tokens, pos, seg = hellaswag.pack_example(ITEM, enc)
+    ctx = enc.encode_ordinary(ITEM["ctx"])
+    ends = [enc.encode_ordinary(" " + e) for e in ITEM["endings"]]
+    assert tokens == ctx + sum(ends, [])
+    assert seg == [0] * len(ctx) + sum(([i + 1] * len(e) for i, e in enumerate(ends)), [])
+    assert pos == list(range(len(ctx))) + sum((list(range(len(ctx), len(ctx) + len(e))) for e in ends), [])
+    _, _, _, mask = hellaswag.collate_packed([(tokens, pos, seg)])
+    j = len(ctx) + len(ends[0]) + 1  # the second token of ending 2 reads the context, itself and its first token
+    assert mask[0, 0, j].nonzero().flatten().tolist() == list(range(len(ctx))) + [j - 1, j]
+
+
+class SmallVocab:
+    """GPT-2's tokens folded into a vocabulary of 512: real text lengths, a cheap output head."""
+
+    def __init__(self, enc):
+        self.enc = enc
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [t % 512 for t in self.enc.encode_ordinary(text)]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, then as before. 200 forward passes of tiny tensors: on a busy
+    machine, two OpenMP threads waiting on each other at every op made this test 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_batched_equals_one_at_a_time(enc, one_thread):
+    """Many padded, packed examples per forward pass give the losses and choices of one example at a time."""
+    model = small_gpt(vocab_size=512, n_layer=1)
+    examples = load_examples(str(need_shared_data(VAL)), limit=1000)[::5]  # 200, from all kinds of text
+    sums, means = score_examples(model, examples, SmallVocab(enc), batch_size=64)
+    # the reference: four unpacked rows, one example at a time
+    one = [score_examples(model, [ex], SmallVocab(enc), batch_size=1, packed=False) for ex in examples]
+    torch.testing.assert_close(sums, torch.cat([s for s, _ in one]))
+    torch.testing.assert_close(means, torch.cat([m for _, m in one]))
+    assert torch.equal(sums.argmin(1), torch.cat([s for s, _ in one]).argmin(1))
+    assert torch.equal(means.argmin(1), torch.cat([m for _, m in one]).argmin(1))
+
+
+def test_evaluate_restores_mode_and_leaves_rng_alone():
+    """evaluate runs in eval mode, gives the model back in the mode it had, and draws no random numbers."""
+    model = BigramModel()
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(m.training))
+    for mode in (True, False):
+        model.train(mode)
+        rng = torch.get_rng_state()
+        evaluate(model, CRAFTED, WordEncoding())
+        assert model.training is mode and torch.equal(torch.get_rng_state(), rng)
+    assert seen and not any(seen)
+
+
+def test_ranks_split_the_examples():
+    """Process r of w takes every w-th example: the ranks' counts add up to the whole."""
+    model, wenc = BigramModel(), WordEncoding()
+    parts = [evaluate(model, CRAFTED, wenc, rank=r, world_size=2) for r in (0, 1)]
+    assert [p["n"] for p in parts] == [2, 1]
+    assert sum(p["acc"] * p["n"] for p in parts) == 1 and sum(p["acc_norm"] * p["n"] for p in parts) == 2
+
+
+DIST_SCRIPT = """
+import sys, torch.distributed as dist
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_hellaswag import BigramModel, WordEncoding, CRAFTED
+from hellaswag import evaluate
+rank = int(sys.argv[1])
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+print(evaluate(BigramModel(), CRAFTED, WordEncoding(), rank=rank, world_size=2))
+dist.destroy_process_group()
+"""
+
+
+def test_distributed_ranks_return_the_totals():
+    """Under torch.distributed (2 processes, gloo), every rank returns the totals of all examples."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = DIST_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), port=port)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [out.strip() for out, _ in outs] == [str({"n": 3, "acc": 1 / 3, "acc_norm": 2 / 3})] * 2
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """An out dir holding one checkpoint of a small random model, written as train_gpt.py writes them."""
+    import train_gpt
+    out = tmp_path_factory.mktemp("run")
+    cfg = train_gpt.TrainConfig(**{**asdict(train_gpt.preset_config("tiny")), "block_size": 160})
+    model = GPT(train_gpt.model_config(cfg))
+    train_gpt.save_checkpoint(train_gpt.checkpoint_path(str(out), 1), {
+        "model": model.state_dict(), "optimizer": {}, "step": 1, "config": asdict(cfg), "train_loader": {},
+        "rng": {}, "log_bytes": 0})
+    return out
+
+
+def test_cli_prints_key_values_last(checkpoint_dir, capsys):
+    """python hellaswag.py --checkpoint DIR --data F --limit N: the last line is n=, acc=, acc_norm=, ..."""
+    res = hellaswag.main(["--checkpoint", str(checkpoint_dir), "--data", str(need_shared_data(VAL)),
+                          "--limit", "6", "--device", "cpu"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    values = dict(kv.split("=") for kv in last.split())
+    assert list(values)[:3] == ["n", "acc", "acc_norm"] and "seconds" in values
+    assert values["n"] == "6" and res["n"] == 6 and float(values["acc"]) == pytest.approx(res["acc"], abs=1e-4)
+
+
+@pytest.mark.parametrize("flags,what", [
+    (["--limit", "0"], "error: --limit must be positive, got 0"),
+    (["--batch-size", "-1"], "error: --batch-size must be positive, got -1"),
+    (["--data", "MISSING"], "error: MISSING: file not found"),
+])
+def test_cli_errors_are_one_line(checkpoint_dir, flags, what):
+    """Bad flag values and bad data files stop the script with one line."""
+    with pytest.raises(SystemExit) as e:
+        hellaswag.main(["--checkpoint", str(checkpoint_dir), *flags])
+    assert str(e.value) == what
+
+
+def test_model_gpt2_offline_is_one_line(tmp_path):
+    """--model gpt2 without network or a cached copy: exit status 1 and one line of error."""
+    pytest.importorskip("transformers")
+    data = write_jsonl(tmp_path / "hs.jsonl", [ITEM])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, str(REPO / "hellaswag.py"), "--model", "gpt2", "--data", data],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: cannot load gpt2 from the Hugging Face hub (no network, and not in its local cache); "
+        "evaluate a --checkpoint instead"]
