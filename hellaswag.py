@@ -288,8 +288,30 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
     return sums, sums / scored.sum(1)
 
 
-def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
-                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
+                buf: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of targets (N,) under the logits lm_head(h), h: (N, C), in float32, HEAD_CHUNK rows at a time.
+
+    buf: a (HEAD_CHUNK, vocab) float32 tensor to compute the logits in, reused from chunk to chunk. On a CPU
+    a fresh 200 MB tensor per chunk costs a page fault for every 4 KB written: more time than the matmul
+    (118M page faults over the full set without it). Without buf (GPUs cache their allocations; autocast
+    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way.
+    """
+    if buf is None:
+        return torch.cat([F.cross_entropy(lm_head(hc).float(), yc, reduction="none")
+                          for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
+    losses = []
+    for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK)):
+        logits = torch.mm(hc, lm_head.weight.t(), out=buf[:len(hc)])  # (n, V)
+        target = logits.gather(1, yc[:, None]).squeeze(1)  # (n,)
+        # -log p(y) = log(sum(exp(logits))) - logits[y], the log-sum-exp computed in place
+        top = logits.amax(1, keepdim=True)  # (n, 1)
+        losses.append(top.squeeze(1) + logits.sub_(top).exp_().sum(1).log() - target)
+    return torch.cat(losses)
+
+
+def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, mask: torch.Tensor,
+                  buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed and mean cross-entropy of each ending of packed rows: (B, L) -> (B, 4), (B, 4)."""
     hidden = model.hidden_states(tokens, pos, mask)  # (B, L, C)
     B, L = tokens.shape
@@ -303,8 +325,7 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
     b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
     h = hidden[b, src[scored]]  # (N, C)
     targets = tokens[scored]  # (N,)
-    losses = torch.cat([F.cross_entropy(model.lm_head(hc).float(), yc, reduction="none")
-                        for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])  # (N,)
+    losses = head_losses(model.lm_head, h, targets, buf)  # (N,)
     slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
     sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
     counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))
@@ -343,6 +364,9 @@ def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu",
     was_training = is_module and model.training
     if is_module:
         model.eval()
+    buf = None  # see head_losses
+    if packed and device_type == "cpu" and dtype == torch.float32:
+        buf = torch.empty(HEAD_CHUNK, model.lm_head.out_features)
     try:
         with tqdm(total=len(examples), unit="ex", desc="hellaswag", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
@@ -350,7 +374,7 @@ def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu",
                 with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
                     if packed:
                         batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
-                        s, m = packed_losses(model, *(t.to(device) for t in batch))  # (b, 4)
+                        s, m = packed_losses(model, *(t.to(device) for t in batch), buf=buf)  # (b, 4)
                     else:
                         tokens, mask = collate([rendered[i] for i in idx])  # (4b, T)
                         s, m = ending_losses(model, tokens.to(device), mask.to(device))
