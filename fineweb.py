@@ -12,13 +12,24 @@ its tokens become the val shard and the rest one train shard.
 
 Shard format (the same as llm.c's): a header of 256 int32 -- magic 20240520, version 1, the number of
 tokens -- then the tokens as uint16. GPT-2's 50,257 ids fit in 16 bits.
+
+An interrupted run (Ctrl-C, a crash, kill -9) resumes when run again with the same arguments: after each
+shard, fineweb_progress.json in the out dir records how far into the input the shards reach; the re-run
+checks the shards already written, skips the documents they hold without tokenizing them again, and
+writes the same bytes an uninterrupted run writes.
 """
 
 import argparse
 import glob
+import itertools
+import json
+import logging
 import multiprocessing as mp
 import os
+import re
+import signal
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +42,12 @@ HEADER_INTS = 256  # 1 KiB header: room to grow without moving the tokens
 HEADER_BYTES = HEADER_INTS * 4
 
 INPUT_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
+
+PROGRESS_FILE = "fineweb_progress.json"  # the resume manifest, in the out dir
+PROGRESS_FORMAT = 1
+SHARD_NAME = re.compile(r"(val|train)_\d{6}\.bin")
+TMP_FILE = re.compile(rf"({SHARD_NAME.pattern}|{re.escape(PROGRESS_FILE)})\.tmp")  # what a killed write leaves
 
 # -----------------------------------------------------------------------------
 # shard format
@@ -49,18 +66,23 @@ def shard_path(out_dir: str, split: str, index: int) -> str:
     return os.path.join(out_dir, f"{split}_{index:06d}.bin")
 
 
+def atomic_write(path: str, *chunks: bytes) -> None:
+    """Write a file so that a reader (or a re-run after kill -9) sees either the old file or the whole new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
+    os.replace(tmp, path)  # atomic on POSIX and Windows
+
+
 def write_shard(path: str, tokens: np.ndarray) -> None:
     """Write tokens (uint16) with their header, atomically: a reader never sees a partial shard."""
     assert tokens.dtype == np.uint16
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    atomic_write(path, header.tobytes(), tokens.tobytes())
 
 
 def read_shard(path: str) -> np.ndarray:
@@ -90,22 +112,28 @@ def list_shards(data_dir: str, split: str) -> list[str]:
 
 
 def check_inputs(paths: list[str]) -> None:
+    """Refuse, before any work, input files that are missing, empty or of a type we don't read."""
     for path in paths:
+        if os.path.isdir(path):
+            raise SystemExit(f"error: {path} is a folder: give the files in it, e.g. {path}/*.jsonl")
         if not os.path.isfile(path):
             raise SystemExit(f"error: input file not found: {path}")
         if os.path.splitext(path)[1].lower() not in INPUT_BUILDERS:
             raise SystemExit(f"error: {path}: input files must be .txt, .jsonl or .parquet")
+        if os.path.getsize(path) == 0:
+            raise SystemExit(f"error: {path} is empty")
 
 
-def iter_documents(inputs: list[str] | None):
+def iter_documents(inputs: list[str] | None) -> Iterator[str]:
     """Yield document texts: FineWeb-Edu from the hub, or local files, through the same `datasets` path.
 
     A .txt file is one document; a .jsonl line or a parquet row is one document (its `text` field).
+    A local file that can't be read as such raises InputError, one line naming the file (and the line).
     """
     from datasets import load_dataset  # heavy: imported only by the code that needs it
     if not inputs:
         try:
-            ds = load_dataset("HuggingFaceFW/fineweb-edu", name="sample-10BT", split="train", streaming=True)
+            ds = load_dataset(FINEWEB_EDU[0], name=FINEWEB_EDU[1], split="train", streaming=True)
             for row in ds:
                 yield row["text"]
         except (ConnectionError, OSError) as e:
@@ -113,15 +141,151 @@ def iter_documents(inputs: list[str] | None):
             raise InputError(f"cannot reach the Hugging Face hub for FineWeb-Edu ({type(e).__name__}); "
                              "shard local files with --input FILE [FILE ...]") from None
         return
+    import datasets
+    datasets.logging.set_verbosity(logging.CRITICAL)  # it logs the read errors we report in one line below
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # else each load_dataset() of a local file pings the hub
     for path in inputs:
-        builder = INPUT_BUILDERS[os.path.splitext(path)[1].lower()]
-        kwargs = {"sample_by": "document"} if builder == "text" else {}
+        yield from _file_documents(path, load_dataset)
+
+
+def _file_documents(path: str, load_dataset) -> Iterator[str]:
+    builder = INPUT_BUILDERS[os.path.splitext(path)[1].lower()]
+    kwargs = {"sample_by": "document"} if builder == "text" else {}
+    n = 0
+    try:
+        if path.lower().endswith(".jsonl"):
+            _check_jsonl_start(path)
+            _check_no_null_lines(path)
         ds = load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
-        for i, row in enumerate(ds):
+        for row in ds:
+            n += 1
             text = row.get("text")
             if not isinstance(text, str):
-                raise InputError(f"{path}: record {i + 1} has no 'text' string field")
+                raise InputError(_bad_record(path, builder, n, row))
+            if builder == "text" and "\x00" in text:
+                raise InputError(f"{path} holds NUL bytes: a binary file, or text that is not UTF-8 (UTF-16?)")
             yield text
+    except InputError:
+        raise
+    except StopIteration:
+        pass  # datasets' json reader raises it for a file of blank lines: no documents, reported below
+    except Exception as e:  # noqa: BLE001 -- whatever `datasets` or pyarrow raise, the user needs the file's name
+        raise InputError(_unreadable(path, builder, e)) from None
+    if n == 0:
+        raise InputError(f"{path} holds no documents")
+
+
+def _check_jsonl_start(path: str) -> None:
+    """`datasets` reads a .jsonl that starts with `[` as one JSON array, its items as texts (`[1, 2]` -> "1", "2")."""
+    with open(path, "rb") as f:
+        if f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
+            raise InputError(f"{path} holds a JSON array, not JSON lines (one object with a 'text' field per line)")
+
+
+NULL_LINE = re.compile(rb"[ \t\r]*null[ \t\r]*(?=\n|\Z)")  # a JSON line `null`
+NULL_LINE_AFTER_LF = re.compile(rb"\n" + NULL_LINE.pattern)  # starts with a literal: scans at ~1 GB/s
+
+
+def _check_no_null_lines(path: str) -> None:
+    """pyarrow (26.0.1) crashes the process (segfault) on a JSON line `null` that starts one of its blocks
+    (apache/arrow#47409): find one before `datasets` hands the file to it."""
+    import mmap
+    if os.path.getsize(path) == 0:
+        return  # mmap can't map it; `datasets` reads it as no documents
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if NULL_LINE.match(data, 3 if data[:3] == b"\xef\xbb\xbf" else 0):  # after the BOM, if any
+            line = 1
+        elif m := NULL_LINE_AFTER_LF.search(data):
+            end, step = m.start() + 1, 1 << 24  # count the line ends up to it, 16 MiB at a time
+            line = 1 + sum(data[i:min(i + step, end)].count(b"\n") for i in range(0, end, step))
+        else:
+            return
+        raise InputError(f"{path}, line {line}: null, not an object with a 'text' field")
+
+
+def _bad_record(path: str, builder: str, n: int, row: dict) -> str:
+    """The message for the n-th record, whose 'text' is missing or not a string."""
+    if path.lower().endswith(".jsonl"):
+        problem = _first_bad_jsonl_line(path)
+        if problem:
+            return problem
+    unit, kind = ("row", "column") if builder == "parquet" else ("record", "field")
+    if "text" not in row:
+        return f"{path}: {unit} {n} has no 'text' {kind} (it has: {', '.join(map(str, row)) or 'nothing'})"
+    return f"{path}: {unit} {n}: 'text' is {_json_type(row['text'])}, not a string"
+
+
+def _unreadable(path: str, builder: str, e: Exception) -> str:
+    """The message for a file `datasets` failed to read, from what it raised."""
+    if isinstance(e, OSError) and e.filename:  # e.g. the datasets cache folder can't be written
+        return f"{path}: cannot read it ({e.strerror or type(e).__name__}: {e.filename})"
+    if builder == "text" and isinstance(e, UnicodeDecodeError):
+        where = ""
+        try:
+            with open(path, "rb") as f:  # the decoder may have seen a chunk: find the offset in the whole file
+                f.read().decode("utf-8")
+        except UnicodeDecodeError as full:
+            where = f": byte {full.start:,} is 0x{full.object[full.start]:02x}"
+        except OSError:
+            pass
+        return f"{path} is not UTF-8 text{where} (a binary file, or another encoding?)"
+    if path.lower().endswith(".jsonl"):
+        problem = _first_bad_jsonl_line(path)
+        if problem:
+            return problem
+    if builder == "parquet":
+        try:
+            import pyarrow.parquet as pq
+            if pq.read_metadata(path).num_rows == 0:  # datasets fails on it with an obscure message
+                return f"{path} holds no documents"
+        except Exception:  # noqa: BLE001 -- not parquet at all: `e` says why
+            pass
+    what = {"json": "JSON lines", "parquet": "a parquet file", "text": "UTF-8 text"}[builder]
+    return f"{path}: cannot read it as {what} ({_one_line(e)})"
+
+
+def _first_bad_jsonl_line(path: str) -> str | None:
+    """Read a .jsonl file line by line (only after `datasets` failed on it) to name the line at fault."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return None
+    with f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return f"{path}, line {i}: not UTF-8"
+            if not line.strip():
+                continue  # blank lines are skipped, as datasets does
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{path}, line {i}: not JSON ({e.msg} at column {e.colno})"
+            except (ValueError, RecursionError):
+                return f"{path}, line {i}: not JSON"
+            if not isinstance(record, dict):
+                return f"{path}, line {i}: {_json_type(record)}, not an object with a 'text' field"
+            if "text" not in record:
+                return f"{path}, line {i}: no 'text' field"
+            if not isinstance(record["text"], str):
+                return f"{path}, line {i}: 'text' is {_json_type(record['text'])}, not a string"
+    return None
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    for types, name in ((bool, "a boolean"), ((int, float), "a number"), (dict, "an object"),
+                        ((list, tuple), "an array"), (str, "a string")):
+        if isinstance(value, types):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())  # pyarrow's messages may span lines
+    return text[:300] or type(e).__name__
 
 
 def tokenize(text: str) -> np.ndarray:
@@ -130,54 +294,169 @@ def tokenize(text: str) -> np.ndarray:
     return np.array(tokens, dtype=np.uint16)  # every GPT-2 id is < 2**16
 
 # -----------------------------------------------------------------------------
-# shards out
+# shards out, and the progress manifest that lets an interrupted run resume
 
 
 class ShardWriter:
-    """Collects tokens and writes a shard each time --shard-size of them are in."""
+    """Collects the tokens of documents and writes a shard each time --shard-size of them are in.
 
-    def __init__(self, out_dir: str, shard_size: int):
-        self.out_dir, self.shard_size = out_dir, shard_size
+    After each shard it rewrites the progress manifest (atomically): the job's fingerprint and, per shard,
+    where the shards end in the input -- `docs` documents wholly in the shards so far, plus the first
+    `skip` tokens of the next one (a document may straddle shards) -- and `total` tokens so far.
+    A re-run resumes after the last shard: it skips `docs` documents and the `skip` tokens.
+    """
+
+    def __init__(self, out_dir: str, shard_size: int, job: dict, done: list[dict] | None = None):
+        self.out_dir, self.shard_size, self.job = out_dir, shard_size, job
         self.buf = np.empty(shard_size, dtype=np.uint16)
         self.fill = 0  # tokens in buf
-        self.index = 0  # index of the shard being filled; 0 is the val shard
-        self.written: list[str] = []
+        self.shards = list(done or [])  # the manifest's entry of each shard written, in order
+        last = self.shards[-1] if self.shards else {"docs": 0, "skip": 0, "total": 0}
+        self.index = len(self.shards)  # index of the shard being filled; 0 is the val shard
+        self.docs, self.doc_pos = last["docs"], last["skip"]  # documents done, tokens of the next one done
+        self.total = last["total"]  # tokens added, in shards or in buf
+
+    @property
+    def written(self) -> list[str]:
+        return [os.path.join(self.out_dir, s["file"]) for s in self.shards]
 
     def add(self, tokens: np.ndarray) -> None:
+        """The tokens of the next document (on resume: the rest of the first one)."""
         while len(tokens):
             n = min(len(tokens), self.shard_size - self.fill)  # a document may straddle two shards
             self.buf[self.fill:self.fill + n] = tokens[:n]
             self.fill += n
+            self.total += n
+            self.doc_pos += n
             tokens = tokens[n:]
+            if not len(tokens):
+                self.docs, self.doc_pos = self.docs + 1, 0
             if self.fill == self.shard_size:
                 self._write(self.buf)
 
-    def _write(self, tokens: np.ndarray) -> None:
+    def _write(self, tokens: np.ndarray, resumable: bool = True) -> None:
         path = shard_path(self.out_dir, "val" if self.index == 0 else "train", self.index)
         write_shard(path, tokens)
-        self.written.append(path)
+        total = (self.shards[-1]["total"] if self.shards else 0) + len(tokens)
+        self.shards.append({"file": os.path.basename(path), "tokens": len(tokens), "total": total,
+                            "docs": self.docs if resumable else None, "skip": self.doc_pos if resumable else None})
         self.index += 1
         self.fill = 0
+        self.save()
 
     def close(self) -> None:
         if self.index == 0 and self.fill > 0:
-            # all the input fits in one shard: keep 10% for val so there is something to train on
+            # all the input fits in one shard: keep 10% for val so there is something to train on. Decided only
+            # now, so the val shard is no resume point: a run killed before the train shard starts over.
             n_val = max(1, self.fill // 10)
             print(f"the input has only {self.fill:,} tokens, less than one shard: "
                   f"{n_val:,} go to val, {self.fill - n_val:,} to train")
             rest = self.buf[n_val:self.fill].copy()
-            self._write(self.buf[:n_val])
+            self._write(self.buf[:n_val], resumable=False)
             self.fill = len(rest)
             self.buf[:len(rest)] = rest
         if self.fill > 0:
             self._write(self.buf[:self.fill])
+        self.save(complete=True)
+
+    def save(self, complete: bool = False) -> None:
+        manifest = {"format": PROGRESS_FORMAT, "job": self.job, "shards": self.shards, "complete": complete}
+        atomic_write(os.path.join(self.out_dir, PROGRESS_FILE), json.dumps(manifest, indent=1).encode())
+
+
+def job_fingerprint(args: argparse.Namespace) -> dict:
+    """What determines the shards' bytes: the input (files with their size and mtime, or the hub dataset),
+    --shard-size and --max-tokens. Not --workers: the shards are the same for any number."""
+    if args.input:
+        source = []
+        for path in args.input:
+            st = os.stat(path)
+            source.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    else:
+        source = "/".join(FINEWEB_EDU)
+    return {"input": source, "shard_size": args.shard_size, "max_tokens": args.max_tokens}
+
+
+def _job_difference(old: dict, new: dict) -> str:
+    for key in ("shard_size", "max_tokens"):
+        if old.get(key) != new[key]:
+            return f"made with --{key.replace('_', '-')} {old.get(key)}"
+    old_in, new_in = old.get("input"), new["input"]
+    if isinstance(old_in, list) and isinstance(new_in, list) and [i.get("path") for i in old_in] == [
+            i["path"] for i in new_in]:
+        changed = next((i["path"] for i, j in zip(new_in, old_in) if i != j), "an input")
+        return f"{changed} has changed since"
+    return "made from other input"
+
+
+def read_progress(out_dir: str) -> dict | None:
+    """The progress manifest in out_dir, None where there is none; ValueError where it is damaged."""
+    path = os.path.join(out_dir, PROGRESS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        manifest = json.load(f)  # json.JSONDecodeError is a ValueError
+
+    def entry_ok(e) -> bool:
+        return (isinstance(e, dict) and isinstance(e.get("file"), str) and SHARD_NAME.fullmatch(e["file"])
+                and all(type(e.get(k)) is int for k in ("tokens", "total"))
+                and all(k in e and (e[k] is None or type(e[k]) is int) for k in ("docs", "skip")))
+    if not (isinstance(manifest, dict) and manifest.get("format") == PROGRESS_FORMAT and "job" in manifest
+            and isinstance(manifest.get("shards"), list) and all(map(entry_ok, manifest["shards"]))):
+        raise ValueError(f"{path} is not a progress manifest of this version")
+    return manifest
+
+
+def resume_point(out_dir: str, job: dict) -> tuple[list[dict], bool]:
+    """The manifest entries of the shards in out_dir this job can keep, and whether the job is complete.
+
+    Refuses (SystemExit) an out dir holding shards of another job: they are never overwritten.
+    """
+    for name in os.listdir(out_dir):
+        if TMP_FILE.fullmatch(name):
+            os.remove(os.path.join(out_dir, name))  # a write that was killed half-way
+    on_disk = [os.path.basename(p) for p in list_shards(out_dir, "val") + list_shards(out_dir, "train")]
+    try:
+        manifest = read_progress(out_dir)
+        if manifest is None:  # it is written before the first shard: shards without one are not this job's
+            problem = f"already holds shards ({', '.join(on_disk[:2])}, ...) that fineweb.py did not record"
+        elif manifest["job"] != job:
+            problem = f"holds the shards of another job ({_job_difference(manifest['job'], job)})"
+        else:
+            problem = None
+    except ValueError:
+        problem = f"holds shards and a damaged {PROGRESS_FILE}"
+    if problem and on_disk:
+        raise SystemExit(f"error: {out_dir} {problem}: delete them or choose another --out-dir")
+    if problem:
+        return [], False  # no shards to lose: start (over)
+    entries, complete = manifest["shards"], manifest.get("complete") is True
+    keep = []
+    for e in entries:  # keep the shards, in order, up to the first one missing or damaged
+        try:
+            ok = len(read_shard(os.path.join(out_dir, e["file"]))) == e["tokens"]
+        except ShardError:
+            ok = False
+        if not ok:
+            print(f"{e['file']} is missing or damaged: writing it again, and the shards after it")
+            break
+        keep.append(e)
+    if complete and len(keep) == len(entries):
+        return keep, True
+    while keep and keep[-1]["docs"] is None:  # the val shard of an input smaller than one shard: start over
+        keep.pop()
+    return keep, False
+
+# -----------------------------------------------------------------------------
+# command line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", metavar="FILE",
                    help="local .txt, .jsonl (field 'text') or .parquet files (default: FineWeb-Edu from the hub)")
-    p.add_argument("--out-dir", default="edu_fineweb10B", help="where the shards go (default: %(default)s)")
+    p.add_argument("--out-dir", default="edu_fineweb10B",
+                   help="where the shards go; a re-run with the same arguments resumes there (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per shard (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=0, help="stop after this many tokens (0: all the input)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -196,40 +475,76 @@ def main(argv=None) -> list[str]:
     if args.input:
         check_inputs(args.input)
     get_encoding()  # fail early (and once) if the BPE files are missing
-    os.makedirs(args.out_dir, exist_ok=True)
-    writer = ShardWriter(args.out_dir, args.shard_size)
-    docs = iter_documents(args.input)
-    bar = tqdm(total=args.max_tokens or None, unit=" tokens", unit_scale=True, desc="tokenizing")
-    pool = mp.Pool(args.workers) if args.workers > 1 else None
-    total = 0
+    job = job_fingerprint(args)
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SystemExit(f"error: --out-dir {args.out_dir} is a file, not a folder")
     try:
-        # imap keeps the documents' order, so the shards are the same whatever the number of workers
-        token_stream = pool.imap(tokenize, docs, chunksize=16) if pool else map(tokenize, docs)
-        for tokens in token_stream:
-            if args.max_tokens:
-                tokens = tokens[:args.max_tokens - total]
-            writer.add(tokens)
-            total += len(tokens)
-            bar.update(len(tokens))
-            if args.max_tokens and total >= args.max_tokens:
-                break
+        os.makedirs(args.out_dir, exist_ok=True)
+        done, complete = resume_point(args.out_dir, job)
+    except OSError as e:
+        raise SystemExit(f"error: cannot use --out-dir {args.out_dir}: {e.strerror}") from None
+    writer = ShardWriter(args.out_dir, args.shard_size, job, done)
+    if complete:
+        print(f"nothing to do: {args.out_dir} already holds this job's {writer.total:,} tokens "
+              f"in {len(done)} shards")
+        _warn_stale(args.out_dir, writer.written)
+        return writer.written
+    if done:
+        print(f"resuming: {len(done)} shards ({writer.total:,} tokens) are already in {args.out_dir}; "
+              f"skipping the {writer.docs:,} documents they hold")
+    bar = tqdm(total=args.max_tokens or None, initial=writer.total, unit=" tokens", unit_scale=True,
+               desc="tokenizing")
+    pool = None
+    try:
+        writer.save()  # before any shard: shards without a manifest are not this job's. Checks out_dir is writable
+        if not (args.max_tokens and writer.total >= args.max_tokens):
+            docs = itertools.islice(iter_documents(args.input), writer.docs, None)  # done ones: read, not tokenized
+            pool = mp.Pool(args.workers, initializer=_ignore_sigint) if args.workers > 1 else None
+            # imap keeps the documents' order, so the shards are the same whatever the number of workers
+            token_stream = pool.imap(tokenize, docs, chunksize=16) if pool else map(tokenize, docs)
+            skip = writer.doc_pos  # tokens of the first document already in the last shard
+            for tokens in token_stream:
+                tokens, skip = tokens[skip:], 0
+                if args.max_tokens:
+                    tokens = tokens[:args.max_tokens - writer.total]
+                writer.add(tokens)
+                bar.update(len(tokens))
+                if args.max_tokens and writer.total >= args.max_tokens:
+                    break
+        if writer.total == 0:
+            raise InputError("the input holds no text")
         writer.close()
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:  # the documents' own errors are InputErrors: this is the out dir
+        raise SystemExit(f"error: cannot write to {args.out_dir}: {e.strerror or e}") from None
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted after {len(writer.shards)} shards: run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         bar.close()
         if pool:
             pool.terminate()
-    if total == 0:
-        raise SystemExit("error: the input holds no text")
-    print(f"wrote {total:,} tokens in {len(writer.written)} shards to {args.out_dir}")
-    stale = sorted(set(list_shards(args.out_dir, "val") + list_shards(args.out_dir, "train")) - set(writer.written))
-    if stale:
-        print(f"warning: {args.out_dir} also holds {len(stale)} shards from an earlier run "
-              f"(e.g. {os.path.basename(stale[0])}): remove them, or train_gpt.py will read them too",
-              file=sys.stderr)
+    print(f"wrote {writer.total:,} tokens in {len(writer.shards)} shards to {args.out_dir}")
+    _warn_stale(args.out_dir, writer.written)
     return writer.written
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which stops the pool
+
+
+def _warn_stale(out_dir: str, written: list[str]) -> None:
+    stale = sorted(set(list_shards(out_dir, "val") + list_shards(out_dir, "train")) - set(written))
+    if stale:
+        print(f"warning: {out_dir} also holds {len(stale)} shards that are not this job's "
+              f"(e.g. {os.path.basename(stale[0])}): remove them, or train_gpt.py will read them too",
+              file=sys.stderr)
+
+
 if __name__ == "__main__":
+    # `datasets` imports torch when it is installed (3 s) only to share a counter with DataLoader workers
+    os.environ.setdefault("USE_TORCH", "0")
     main()

@@ -22,6 +22,21 @@ def _seed_and_dtype():
     torch.set_default_dtype(dtype)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hf_cache_in_tmp(tmp_path_factory):
+    """Hugging Face caches in a temporary folder: `datasets` writes lock files there even when streaming a
+    local file, and the tests write nowhere but temporary folders (HOME may be read-only in CI)."""
+    cache = tmp_path_factory.mktemp("hf_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(cache))  # also seen by the scripts the tests run in a subprocess
+        mp.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+        if "datasets" in sys.modules:  # it reads the variables when imported
+            import datasets.config
+            mp.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "datasets")
+            mp.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
+        yield
+
+
 def need_shared_data(relpath: str) -> Path:
     """A file of the shared data; in CI its absence fails the test instead of skipping it."""
     path = SHARED_DATA / relpath

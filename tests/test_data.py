@@ -174,9 +174,9 @@ def test_loader_errors(tmp_path):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_fineweb_jsonl_without_text(tmp_path, workers):
-    """A jsonl record without a 'text' field stops the job with an error naming the file and record,
+    """A jsonl record without a 'text' field stops the job with an error naming the file and line,
     also when the records are read by the thread that feeds the worker pool."""
     (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"body": "no text here"}\n')
-    with pytest.raises(SystemExit, match="a.jsonl: record 2 has no 'text'"):
+    with pytest.raises(SystemExit, match="a.jsonl, line 2: no 'text' field"):
         fineweb.main(["--input", str(tmp_path / "a.jsonl"), "--out-dir", str(tmp_path / "out"), "--workers", workers])
     assert not list((tmp_path / "out").glob("*.bin"))
