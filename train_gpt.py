@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -439,11 +440,18 @@ def load_checkpoint(path: str) -> dict:
             raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects, not only tensors "
                                   f"({unsafe[0].strip()}), and could run code. Checkpoints of this "
                                   "repository never do; load it yourself only if you trust its source") from None
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}"
-                              f"{': ' + lines[-1][:120] if lines else ''})") from None
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        if os.path.getsize(path) == 0:
+            reason = "an empty file"
+        elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no directory
+            reason = "not a whole file written by torch.save"
+        else:
+            reason = next((line.strip()[:120] for line in lines if "PytorchStreamReader" in line), type(e).__name__)
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of train_gpt.py (it holds a {type(ckpt).__name__})")
+    if not CHECKPOINT_KEYS <= set(ckpt):
         raise CheckpointError(f"{path} is not a checkpoint of train_gpt.py (it lacks "
-                              f"{sorted(CHECKPOINT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else 'everything'})")
+                              f"{', '.join(sorted(CHECKPOINT_KEYS - set(ckpt)))})")
     checksum = ckpt.pop("checksum")
     if state_checksum(ckpt) != checksum:
         raise CheckpointError(f"{path} is damaged: its contents don't match the checksum written with it")
