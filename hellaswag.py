@@ -277,9 +277,7 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
     # cross-entropy over the model's whole vocabulary (padding ids included), in float32 even under autocast
     if isinstance(model, GPT):
         hidden = model.hidden_states(tokens)[:, :-1][scored]  # (N, C): N scored tokens in all rows
-        # the head in chunks of positions: (chunk, V) logits at a time, whatever the batch size
-        losses = torch.cat([F.cross_entropy(model.lm_head(h).float(), y, reduction="none")
-                            for h, y in zip(hidden.split(HEAD_CHUNK), targets[scored].split(HEAD_CHUNK))])  # (N,)
+        losses = head_losses(model.lm_head, hidden, targets[scored])  # (N,)
     else:
         logits = model(tokens)[:, :-1][scored]  # (N, V)
         losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)

@@ -358,6 +358,10 @@ class CheckpointError(Exception):
     """A checkpoint that can't be used: damaged, not ours, or unsafe to load."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds pickled Python objects: loading it could run code."""
+
+
 CHECKPOINT_KEYS = {"model", "optimizer", "step", "config", "train_loader", "rng", "log_bytes", "checksum"}
 
 
@@ -437,7 +441,7 @@ def load_checkpoint(path: str) -> dict:
         lines = [line for line in str(e).splitlines() if line.strip()]
         unsafe = [line for line in lines if "GLOBAL" in line]
         if unsafe:  # a pickle that names a Python object: loading it would run code
-            raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects, not only tensors "
+            raise UnsafeCheckpointError(f"refusing to load {path}: it holds pickled Python objects, not only tensors "
                                   f"({unsafe[0].strip()}), and could run code. Checkpoints of this "
                                   "repository never do; load it yourself only if you trust its source") from None
         if os.path.getsize(path) == 0:
@@ -464,9 +468,9 @@ def load_latest_checkpoint(out_dir: str) -> tuple[str, dict] | None:
     for path in list_checkpoints(out_dir):
         try:
             return path, load_checkpoint(path)
+        except UnsafeCheckpointError:
+            raise
         except CheckpointError as e:
-            if "refusing" in str(e):
-                raise
             print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr)
     return None
 
@@ -483,18 +487,6 @@ def open_checkpoint(path: str) -> tuple[str, dict]:
         return path, load_checkpoint(path)
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
-
-
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file, or the latest checkpoint of an out dir (not loaded)."""
-    if os.path.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise SystemExit(f"error: no checkpoint (ckpt_*.pt) in {path}")
-        return latest
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint {path} not found")
-    return path
 
 
 def model_from_checkpoint(ckpt: dict) -> GPT:
@@ -613,11 +605,12 @@ def main(argv=None) -> None:
     hellaswag_examples = None
     if cfg.hellaswag_every > 0:
         try:
-            if master and not cfg.hellaswag_data:
-                hellaswag.val_file(flag="--hellaswag-data")
+            path = cfg.hellaswag_data
+            if not path and master:
+                path = hellaswag.val_file(flag="--hellaswag-data")
             if world_size > 1:
                 dist.barrier()
-            path = cfg.hellaswag_data or hellaswag.val_file(flag="--hellaswag-data")
+            path = path or hellaswag.val_file(flag="--hellaswag-data")  # the others: the copy the first one made
             hellaswag_examples = hellaswag.load_examples(path, cfg.hellaswag_limit or None)
         except hellaswag.HellaSwagError as e:
             raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
