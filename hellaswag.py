@@ -5,6 +5,7 @@ HellaSwag: can the model tell which of four endings continues a short story? Acc
     python hellaswag.py --checkpoint log/ckpt_012207.pt --limit 500  # the first 500 examples only
     python hellaswag.py --checkpoint log/ --data hellaswag_val.jsonl # a local copy: no download
     python hellaswag.py --model gpt2                                 # OpenAI's GPT-2 124M, via transformers
+    python hellaswag.py --model hf_model/                            # a Hugging Face GPT-2 folder
 
 Each example is a context and four endings, one of them right (its `label`). Completion style scoring:
 the model reads context + ending, and the cross-entropy of the ending's tokens is its loss. `acc` picks
@@ -40,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import GPT
-from tokenizer import get_encoding
+from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
 # data: the validation file, downloaded once, and a checked reader
@@ -259,8 +260,8 @@ def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
 # -----------------------------------------------------------------------------
 # scoring
 #
-# A model is either our GPT, or any callable (an nn.Module or a plain function) mapping tokens (B, T) to
-# logits (B, T, V), e.g. Hugging Face's GPT-2 through HFLogits below. Our GPT gets a fast path: the output
+# A model is either our GPT (OpenAI's GPT-2 too: GPT.from_pretrained), or any callable (an nn.Module or a
+# plain function) mapping tokens (B, T) to logits (B, T, V). Our GPT gets a fast path: the output
 # head of the `seed` model (256 -> 50,304) costs more than its four blocks, so we apply it only at the
 # positions that predict an ending's token, about 40% of them.
 
@@ -409,29 +410,26 @@ def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype
 HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
-class HFLogits(nn.Module):
-    """A Hugging Face causal LM as a plain logits model: tokens (B, T) -> logits (B, T, V)."""
-
-    def __init__(self, hf_model: nn.Module):
-        super().__init__()
-        self.hf = hf_model
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.hf(idx, use_cache=False).logits
-
-
-def load_hf_gpt2(name: str) -> tuple[HFLogits, int]:
-    """OpenAI's GPT-2 `name` from the Hugging Face hub (or its local cache), and its context length."""
+def load_pretrained(name_or_dir: str) -> GPT:
+    """OpenAI's GPT-2 `name_or_dir` from the Hugging Face hub (or its local cache), or a Hugging Face GPT-2
+    folder, as our GPT: it gets the packed fast path like any checkpoint of ours."""
     try:
-        from transformers import GPT2LMHeadModel  # here only: nothing else in the repo needs transformers
+        model = GPT.from_pretrained(name_or_dir)
     except ImportError:
         raise HellaSwagError("--model needs the transformers package: pip install -r requirements-dev.txt") from None
-    try:
-        hf = GPT2LMHeadModel.from_pretrained(name)
-    except OSError:  # transformers' error for no network and no cached copy, or an unknown name
-        raise HellaSwagError(f"cannot load {name} from the Hugging Face hub (no network, and not in its "
-                             "local cache); evaluate a --checkpoint instead") from None
-    return HFLogits(hf), hf.config.n_positions
+    except (OSError, ValueError) as e:  # OSError: no network and no cached copy, or no model in the folder
+        if isinstance(e, OSError) and not os.path.isdir(name_or_dir):
+            raise HellaSwagError(f"cannot load {name_or_dir} from the Hugging Face hub (no network, and not in its "
+                                 "local cache); evaluate a --checkpoint instead") from None
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        # (our ValueError for a config we can't compute names the model already)
+        if isinstance(e, OSError):
+            reason = f"cannot load a model from {name_or_dir}: {reason}"
+        raise HellaSwagError(reason) from None
+    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
+        raise HellaSwagError(f"{name_or_dir} has a vocabulary of {model.config.vocab_size:,} tokens, "
+                             f"fewer than GPT-2's {N_VOCAB:,}")
+    return model
 
 # -----------------------------------------------------------------------------
 # command line
@@ -441,8 +439,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a checkpoint file, or an out dir: its latest checkpoint")
-    which.add_argument("--model", choices=HF_MODELS,
-                       help="OpenAI's GPT-2 from the Hugging Face hub (needs transformers)")
+    which.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(HF_MODELS)}) from the Hugging Face hub, or a "
+                                        "Hugging Face GPT-2 folder (needs transformers)")
     p.add_argument("--data", help="a HellaSwag jsonl file (default: the official validation set, downloaded once)")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the download is kept (default: %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate the first N examples only (default: all)")
@@ -456,6 +454,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {value}")
+    if args.model is not None and args.model not in HF_MODELS and not os.path.isdir(args.model):
+        raise SystemExit(f"error: --model must be one of {', '.join(HF_MODELS)} or a Hugging Face GPT-2 folder, "
+                         f"got {args.model}")
     return args
 
 
@@ -471,15 +472,14 @@ def main(argv=None) -> dict:
         if args.checkpoint:
             name, ckpt = open_checkpoint(args.checkpoint)  # a file, or an out dir's latest good checkpoint
             model = model_from_checkpoint(ckpt)
-            block_size = model.config.block_size
         else:
-            (model, block_size), name = load_hf_gpt2(args.model), args.model
+            name, model = args.model, load_pretrained(args.model)
         model.to(device)
         print(f"{name} | {len(examples):,} examples of {data} | device {device} | autocast {dtype} | "
               f"{torch.get_num_threads()} threads")
         enc = get_encoding()
         t0 = time.perf_counter()
-        res = evaluate(model, examples, enc, device, dtype, args.batch_size, block_size, progress=True)
+        res = evaluate(model, examples, enc, device, dtype, args.batch_size, progress=True)
         seconds = time.perf_counter() - t0
     except HellaSwagError as e:
         raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1

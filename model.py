@@ -51,7 +51,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True  # see GPT._init_weights
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: "KVCache | None" = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
@@ -59,12 +60,43 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         # softmax(q k^T / sqrt(hs) + causal mask) v, fused (flash attention where the device has it)
-        if attn_mask is None:
+        if cache is not None:  # sampling: the prompt first (causal), then one new token at a time
+            prompt = cache.len == 0
+            k, v = cache.append(k, v)  # (B, nh, tokens so far, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=prompt)  # a new token reads every key
+        elif attn_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         else:  # a mask of the caller's: (B, 1, T, T), True where query t may read key t'
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
+
+
+class KVCache:
+    """The keys and values of one attention layer for the tokens read so far, kept while sampling.
+
+    Without it every new token runs the model over the whole sequence again, recomputing keys and values
+    that can't have changed (a token only reads the ones before it). With it, each step runs the new token
+    alone: O(1) tokens of work per step instead of O(T).
+    """
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.len = 0  # tokens cached so far
+        self.k = self.v = None  # (B, nh, max_len, hs), allocated on first use in the dtype of the keys
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the keys and values (B, nh, T, hs) of T new tokens; return those of all tokens so far."""
+        B, nh, T, hs = k.shape
+        if self.len + T > self.max_len:
+            raise ValueError(f"KV cache full: {self.len} + {T} tokens > {self.max_len}")
+        if self.k is None:
+            self.k = k.new_empty(B, nh, self.max_len, hs)
+            self.v = v.new_empty(B, nh, self.max_len, hs)
+        self.k[:, :, self.len:self.len + T] = k
+        self.v[:, :, self.len:self.len + T] = v
+        self.len += T
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 
 class MLP(nn.Module):
@@ -89,9 +121,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
         # pre-LayerNorm: normalise the input of each branch, keep the residual stream clean
-        x = x + self.attn(self.ln_1(x), attn_mask)
+        x = x + self.attn(self.ln_1(x), attn_mask, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -132,26 +165,80 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str) -> "GPT":
+        """OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face GPT-2 folder, as our GPT.
+
+        Goes through transformers (imported here: nothing else in this file needs it), so the hub's cache
+        and its offline rules apply; its OSError for a model it can't find is passed on. The vocabulary
+        stays at the checkpoint's own size (50,257 for OpenAI's): padding it would add rows nobody trained.
+        A config our blocks can't compute (another activation, an untied head, ...) is a ValueError.
+        """
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("GPT.from_pretrained needs the transformers package: pip install transformers") from None
+        hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        c = hf.config
+        # what our blocks hard-code; a config that says otherwise describes a different function
+        differences = {
+            "activation_function": (c.activation_function, ("gelu_new", "gelu_pytorch_tanh")),  # both tanh GELU
+            "n_inner": (c.n_inner, (None, 4 * c.n_embd)),  # MLP width 4 x n_embd
+            "layer_norm_epsilon": (c.layer_norm_epsilon, (1e-5,)),  # nn.LayerNorm's default
+            "scale_attn_weights": (c.scale_attn_weights, (True,)),  # scores / sqrt(head size)
+            "scale_attn_by_inverse_layer_idx": (c.scale_attn_by_inverse_layer_idx, (False,)),
+            "add_cross_attention": (c.add_cross_attention, (False,)),
+            "tie_word_embeddings": (c.tie_word_embeddings, (True,)),  # lm_head is wte
+        }
+        for field, (value, ours) in differences.items():
+            if value not in ours:
+                raise ValueError(f"the config of {name_or_dir} has {field}={value!r}, but this GPT only computes "
+                                 f"{' or '.join(repr(v) for v in ours)}")
+        model = cls(GPTConfig(block_size=c.n_positions, vocab_size=c.vocab_size, n_layer=c.n_layer,
+                              n_head=c.n_head, n_embd=c.n_embd))
+        sd, sd_hf = model.state_dict(), hf.state_dict()
+        # the causal mask some versions of transformers keep as a buffer is not a weight: we compute it
+        sd_hf = {k: v for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+        if set(sd) != set(sd_hf):
+            raise ValueError(f"the weights of {name_or_dir} don't match ours (missing: {sorted(set(sd) - set(sd_hf))}, "
+                             f"unexpected: {sorted(set(sd_hf) - set(sd))})")
+        # HF keeps OpenAI's Conv1D layout, weight (in, out), where nn.Linear keeps (out, in)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        with torch.no_grad():
+            for k, v in sd.items():  # the tied wte / lm_head tensor is copied twice, the same values both times
+                src = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]
+                assert src.shape == v.shape, f"{k}: {tuple(src.shape)} in {name_or_dir}, {tuple(v.shape)} here"
+                v.copy_(src)
+        return model
+
     def hidden_states(self, idx: torch.Tensor, pos: torch.Tensor | None = None,
-                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      attn_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
         """idx: (B, T) token ids. Returns the final hidden states (B, T, C), after ln_f: what lm_head reads.
 
         By default token t sits at position t and reads tokens 0..t. A caller may instead give each token's
         position (pos, (B, T)) and what it reads (attn_mask, (B, 1, T, T) bool): that packs several
         sequences sharing a prefix into one row, the prefix computed once (hellaswag.py does this with a
         context and its four endings). Separate from forward so that a caller who needs the logits of a
-        few positions only can apply lm_head to those alone.
+        few positions only can apply lm_head to those alone. With cache (one KVCache per block, see
+        generate), idx holds the tokens after those already cached: the prompt, then one token per call.
         """
         B, T = idx.size()
-        if pos is None:
+        if cache is not None:
+            start = cache[0].len  # the tokens already cached sit at positions 0..start-1
+            if start > 0 and T != 1:
+                raise ValueError("a cached forward pass takes the whole prompt first, then one token at a time")
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of length {start + T} is longer than the context ({self.config.block_size})")
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)  # (T,)
+        elif pos is None:
             if T > self.config.block_size:
                 raise ValueError(f"sequence of length {T} is longer than the context ({self.config.block_size})")
             pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
         elif pos.numel() and int(pos.max()) >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is past the context ({self.config.block_size})")
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, attn_mask)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache[i] if cache is not None else None)
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -165,23 +252,58 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, n_vocab: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Extend idx (B, T) by max_new_tokens sampled tokens, one at a time, feeding each back in.
+                 top_k: int | None = None, top_p: float | None = None, n_vocab: int | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Extend idx (B, T) by max_new_tokens sampled tokens. See stream for the arguments."""
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, top_p, n_vocab, generator, use_cache))
+        return torch.cat([idx, *new], dim=1)
 
-        top_k keeps only the k most likely tokens; n_vocab (the tokenizer's real size) stops the
-        padding ids, which no text ever contains, from being sampled.
+    @torch.no_grad()
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, n_vocab: int | None = None,
+               generator: torch.Generator | None = None, use_cache: bool = True):
+        """Sample max_new_tokens tokens after idx (B, T), one at a time, each fed back in; yields each (B, 1).
+
+        temperature divides the logits (below 1: safer, above 1: wilder); top_k keeps the k most likely
+        tokens, top_p the fewest whose probabilities add up to p; n_vocab (the tokenizer's real size)
+        stops the padding ids, which no text ever contains, from being sampled. use_cache keeps each
+        block's keys and values (KVCache), so that a step runs the new token only. Once the sequence fills
+        the context, positions would shift at every step, so from there each step recomputes the last
+        block_size tokens in full, as without the cache: both give the same tokens.
         """
+        block_size = self.config.block_size
+        cache = None
+        if use_cache:
+            cache = [KVCache(min(block_size, idx.size(1) + max_new_tokens)) for _ in self.transformer.h]
+        x = idx  # what the next forward pass reads: the prompt, then the last token only
         for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]  # crop to the context the model can read
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float() / temperature  # (B, vocab_size): the next token only
-            if n_vocab is not None:
-                logits[:, n_vocab:] = -float("inf")
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            if cache is not None and cache[0].len + x.size(1) > block_size:
+                cache = None  # the context is full
+            if cache is None:
+                x = idx[:, -block_size:]  # crop to the context the model can read
+            h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
+            logits = self.lm_head(h).float() / temperature  # (B, vocab_size)
+            idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            x = idx_next
+            yield idx_next
+
+
+def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
+                n_vocab: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of logits (B, vocab), drawn from the softmax after the filters. Returns (B, 1)."""
+    logits = logits.clone()
+    if n_vocab is not None:
+        logits[:, n_vocab:] = -float("inf")
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token once the more likely ones before it already reach top_p (the first always stays)
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits[drop] = -float("inf")
+        logits = logits.scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

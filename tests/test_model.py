@@ -77,26 +77,22 @@ def test_bad_config_is_refused():
         GPT(TINY)(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
 
 
-def test_matches_transformers_gpt2():
-    """Our model and Hugging Face's GPT2LMHeadModel, same random weights, give the same logits (fp32)."""
+def test_matches_transformers_gpt2(tmp_path):
+    """A random HF GPT2LMHeadModel, saved and read back by GPT.from_pretrained, gives the same logits (fp32)."""
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                                        attn_pdrop=0.0)
+                                        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
-    ours = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=32)).eval()
-    sd_hf = hf.state_dict()
-    sd = ours.state_dict()
-    conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    with torch.no_grad():
-        for k in sd:
-            src = sd_hf[k]
-            if k.endswith(conv1d):
-                src = src.t()  # HF's Conv1D stores (in, out); nn.Linear stores (out, in)
-            assert sd[k].shape == src.shape, k
-            sd[k].copy_(src)
+    with torch.no_grad():  # biases start at 0 and LayerNorms at 1: move them, or a mix-up of them goes unseen
+        for p in hf.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    assert ours.config == GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=32)
     idx = torch.randint(0, 512, (2, 64))
-    torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_generate_top1_is_greedy():

@@ -1,0 +1,181 @@
+"""
+Export a checkpoint of train_gpt.py as a Hugging Face GPT-2 model folder.
+
+    python export_hf.py --checkpoint log/ --out hf_model                 # the latest checkpoint of a run
+    python export_hf.py --checkpoint log/ckpt_012207.pt --out hf_model   # a given one
+
+The folder holds config.json, model.safetensors and GPT-2's tokenizer (vocab.json, merges.txt,
+tokenizer.json, tokenizer_config.json), so transformers loads it with no code of ours:
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("hf_model")
+    tok = AutoTokenizer.from_pretrained("hf_model")
+
+and so does EleutherAI's lm-evaluation-harness:
+
+    lm_eval --model hf --model_args pretrained=hf_model --tasks hellaswag --device cuda:0 --batch_size 16
+
+The vocabulary is trimmed: our models pad GPT-2's 50,257 tokens to 50,304 rows (a multiple of 64, for
+faster matmuls), and the export keeps the first 50,257. No text holds a padding id, and a head without
+those rows can't sample them in transformers' generate. The logits of the real tokens are unchanged; their
+probabilities are normalised over 50,257 tokens instead of 50,304, which changes nothing measurable once
+training has pushed the never-seen padding ids down.
+
+The folder is written beside --out first (OUT.tmp.XXXX) and renamed into place when complete. An existing
+--out is replaced only if it is an earlier export (it holds export_info.json) or with --force.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from model import GPT
+from tokenizer import EOT, N_VOCAB, bpe_files_dir
+
+INFO_FILE = "export_info.json"  # what was exported, and the mark of a folder this script wrote
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def hf_state_dict(model: GPT, n_vocab: int = N_VOCAB) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face's GPT-2 layout: the same names, Conv1D weights transposed to (in, out),
+    token embedding and head cut to n_vocab rows. The inverse of GPT.from_pretrained's copy."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(CONV1D):
+            v = v.t()  # nn.Linear keeps (out, in); HF's Conv1D (in, out)
+        if k in ("transformer.wte.weight", "lm_head.weight"):
+            v = v[:n_vocab]  # (vocab_size, C) -> (n_vocab, C): drop the padding rows
+        sd[k] = v.detach().cpu().contiguous()
+    return sd
+
+
+def is_export(path: str) -> bool:
+    """Whether path is a folder this script wrote (and so may be replaced without --force)."""
+    try:
+        with open(os.path.join(path, INFO_FILE)) as f:
+            return json.load(f).get("exported_by") == "export_hf.py"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_out(out: str, force: bool) -> None:
+    """SystemExit, before any work is done, if --out can't or shouldn't be written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"error: --out {out} is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not is_export(out) and not force:
+        raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
+                         "choose another folder, or pass --force to replace it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise SystemExit(f"error: cannot write {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise SystemExit(f"error: cannot write {out}: {parent} is not writable")
+
+
+def write_folder(model: GPT, path: str, info: dict) -> None:
+    """Hugging Face GPT-2 model + tokenizer in path (a new, empty folder)."""
+    import transformers  # here only: the export needs it, training doesn't
+    c = model.config
+    config = transformers.GPT2Config(
+        vocab_size=N_VOCAB, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        activation_function="gelu_new",  # the tanh approximation, as our MLP computes it
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # we train without dropout
+        bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=True)
+    hf = transformers.GPT2LMHeadModel(config)
+    hf.load_state_dict(hf_state_dict(model))  # strict: every weight, no more
+    hf.save_pretrained(path)  # config.json, generation_config.json, model.safetensors (tied head stored once)
+
+    # GPT-2's tokenizer: OpenAI's encoder.json and vocab.bpe are HF's vocab.json and merges.txt
+    files = bpe_files_dir()
+    shutil.copyfile(os.path.join(files, "encoder.json"), os.path.join(path, "vocab.json"))
+    shutil.copyfile(os.path.join(files, "vocab.bpe"), os.path.join(path, "merges.txt"))
+    with open(os.path.join(path, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(os.path.join(path, "merges.txt"), encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().splitlines()[1:] if line]  # line 1: "#version: 0.2"
+    tok = transformers.GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=c.block_size)
+    tok.save_pretrained(path)  # tokenizer.json (the fast tokenizer whole) and tokenizer_config.json
+    with open(os.path.join(path, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    for name in os.listdir(path):  # model.safetensors comes out 0600 (a temporary file, renamed): as the others
+        os.chmod(os.path.join(path, name), 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process's umask: the permission bits new files don't get (reading it means setting it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def os_reason(e: BaseException) -> str:
+    """The OS's words for a failed write, wherever they sit in the exception's chain."""
+    cause = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return f"write failed ({type(e).__name__})"
+
+
+def export(model: GPT, out: str, info: dict) -> None:
+    """Write the folder beside out (OUT.tmp.XXXX), then swap it in for out: nobody sees half an export.
+    The names are new each time, so no folder of anyone else's can be in the way or be removed."""
+    out = out.rstrip("/\\")
+    tmp = old = None
+    try:
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp.", dir=os.path.dirname(os.path.abspath(out)))
+        write_folder(model, tmp, info)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is private (0700); an export isn't
+        if os.path.exists(out):
+            old = tmp + ".old"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old:
+            shutil.rmtree(old)
+    except (OSError, RuntimeError) as e:  # safetensors and torch wrap the OS error in a RuntimeError
+        if tmp and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old and os.path.exists(old) and not os.path.exists(out):
+            os.rename(old, out)  # the swap failed half-way: put the earlier folder back
+        raise SystemExit(f"error: cannot write {out}: {os_reason(e)}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file, or an out dir: its latest checkpoint")
+    p.add_argument("--out", required=True, help="the folder to write (created; an earlier export is replaced)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds something else")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    try:
+        import transformers  # noqa: F401  (checked up front: before a large checkpoint is read)
+    except ImportError:
+        raise SystemExit("error: export_hf.py needs the transformers package: pip install transformers") from None
+    check_out(args.out, args.force)
+    # imported here, not at the top: train_gpt pulls in the whole training stack
+    from train_gpt import model_from_checkpoint, open_checkpoint
+    name, ckpt = open_checkpoint(args.checkpoint)  # SystemExit with one line for a missing or bad checkpoint
+    model = model_from_checkpoint(ckpt)
+    if model.config.vocab_size < N_VOCAB:
+        raise SystemExit(f"error: {name} has a vocabulary of {model.config.vocab_size:,} rows, fewer than "
+                         f"GPT-2's {N_VOCAB:,} tokens: its tokenizer can't be GPT-2's")
+    info = {"exported_by": "export_hf.py", "checkpoint": os.path.basename(name), "step": ckpt["step"],
+            "vocab_size_trained": model.config.vocab_size, "vocab_size_exported": N_VOCAB,
+            "train_config": ckpt["config"]}
+    export(model, args.out, info)
+    n_params = model.num_params() - (model.config.vocab_size - N_VOCAB) * model.config.n_embd  # less the padding rows
+    print(f"{name} (step {ckpt['step']}) -> {args.out}: {n_params:,} parameters, "
+          f"vocabulary {N_VOCAB:,}, context {model.config.block_size}")
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
