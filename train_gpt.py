@@ -4,7 +4,8 @@ Train a GPT-2 style model on token shards written by fineweb.py.
     python train_gpt.py                                   # the reference run: `seed` preset, ~16M params
     python train_gpt.py --preset tiny --max-steps 100     # a quick run on a laptop CPU
     python train_gpt.py --resume                          # continue the latest checkpoint in --out-dir
-    torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2
+    torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2          # 8 GPUs (README: "Many devices")
+    torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2 --fsdp   # the same, weights sharded
 
 Every field of TrainConfig is a flag (--max-steps, --batch-size, ...); --preset picks a whole
 configuration and the other flags override it. Metrics go to <out-dir>/log.jsonl, one JSON object per
@@ -69,7 +70,8 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the gradient's global norm to this (0: no clipping)")
     # evaluation, samples and checkpoints (0 turns an event off)
     val_every: int = _f(250, "val loss every N steps and at the end")
-    val_steps: int = _f(20, "micro-batches of val tokens per val loss (always the same tokens)")
+    val_steps: int = _f(20, "micro-batches of val tokens per val loss, all processes together (always the same "
+                            "tokens, rounded up to a multiple of the number of processes)")
     hellaswag_every: int = _f(250, "HellaSwag accuracy every N steps, at the first step and at the end")
     hellaswag_limit: int = _f(0, "HellaSwag on the first N examples only (0: all 10,042)")
     hellaswag_data: str = _f("", "a HellaSwag jsonl file (default: the official val set, downloaded once)")
@@ -88,6 +90,8 @@ class TrainConfig:
     resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run "
                              "(a new run if there is none yet)")
     skip_nonfinite: bool = _f(False, "skip an update whose loss or gradient is NaN/inf instead of stopping")
+    fsdp: bool = _f(False, "shard weights, gradients and optimizer state across the processes (FSDP2) instead of "
+                           "a whole copy on each (DDP): for a model too big for one device; needs torchrun")
 
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
@@ -171,13 +175,19 @@ def model_config(cfg: TrainConfig) -> GPTConfig:
 # distributed setup and device
 
 
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size). One process unless launched by torchrun, which sets RANK."""
+def setup_distributed(device: str) -> tuple[int, int]:
+    """(rank, world_size): one process, (0, 1), unless launched by torchrun, which sets RANK. The processes
+    talk through NCCL between GPUs and through gloo between CPU processes."""
     if "RANK" not in os.environ:
-        return 0, 0, 1
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+        return 0, 1
+    device_type = device.split(":")[0]
+    if device_type == "mps":
+        raise SystemExit("error: --device mps runs in one process only: start train_gpt.py without torchrun")
+    if device_type == "cuda":
+        dist.init_process_group(backend="nccl", device_id=torch.device(device))
+    else:
+        dist.init_process_group(backend="gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def pick_device(name: str, local_rank: int = 0) -> str:
@@ -196,9 +206,33 @@ def pick_device(name: str, local_rank: int = 0) -> str:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("error: --device cuda, but no CUDA device is available")
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"error: process {local_rank} of this machine has no GPU of its own: the machine has "
+                             f"{torch.cuda.device_count()}, start at most that many (--nproc_per_node)")
         name = f"cuda:{local_rank}"  # one device per process
         torch.cuda.set_device(name)
     return name
+
+
+def shard_model(model: GPT, device: str) -> GPT:
+    """FSDP2, in place: each block's weights, gradients and optimizer state, then the rest's, split across the
+    processes. A forward pass gathers a block's weights just before the block runs and frees them after."""
+    # imported here: a second's work that a run without --fsdp doesn't need
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    for block in model.transformer.h:
+        fully_shard(block)
+    # the root holds the rest: wpe, ln_f and wte, which *is* lm_head's weight (one tensor, sharded once, so
+    # the tie holds). It keeps them gathered from forward to backward: the head is the first layer backward
+    fully_shard(model, reshard_after_forward=False)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    # HellaSwag's fast path and the sampler call hidden_states, then lm_head, instead of forward
+    register_fsdp_forward_method(model, "hidden_states")
+    # FSDP allocates each gathered weight at its first forward pass. Make it now, outside torch.inference_mode
+    # (HellaSwag scores in it), or training could not write into a weight allocated there
+    with torch.no_grad():
+        model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    model.reshard()
+    return model
 
 
 def autocast_dtype(device_type: str, dtype: str) -> torch.dtype:
@@ -272,14 +306,15 @@ class DataLoaderLite:
         return x, y
 
     def state_dict(self) -> dict:
-        return {"shard": self.shard, "pos": self.pos}
+        # the position of the round, the same in every process: process 0's checkpoint serves them all
+        return {"shard": self.shard, "pos": self.pos - self.B * self.T * self.rank}
 
     def load_state_dict(self, state: dict) -> None:
         if state["shard"] >= len(self.shards):
             raise ShardError(f"the checkpoint was reading {self.split} shard {state['shard']}, but "
                              f"{self.data_root} has only {len(self.shards)}: resume with the same data")
         self._load(state["shard"])
-        self.pos = state["pos"]
+        self.pos = state["pos"] + self.B * self.T * self.rank
 
 # -----------------------------------------------------------------------------
 # optimizer and learning-rate schedule
@@ -313,9 +348,12 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, device: str,
                  dtype: torch.dtype) -> float:
-    """Mean loss over the first `steps` val batches: the same tokens every time."""
+    """Mean loss over the first `steps` val batches, all processes together: the same tokens every time,
+    whatever the number of processes (`steps` rounded up to a multiple of it)."""
     model.eval()
     loader.reset()
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    steps = math.ceil(steps / world_size)  # this process's share; the loader gives it every world_size-th batch
     total = torch.zeros((), device=device)
     for _ in range(steps):
         x, y = loader.next_batch()
@@ -327,6 +365,26 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
         total /= dist.get_world_size()
     model.train()
     return (total / steps).item()
+
+
+def hellaswag_accuracy(model: torch.nn.Module, examples: list[dict], enc, device: str, dtype: torch.dtype,
+                       rank: int = 0, world_size: int = 1, fsdp: bool = False) -> dict:
+    """hellaswag.evaluate, each process scoring every world_size-th example. Under FSDP every forward pass
+    gathers weights from all the processes, so they must all make the same number of them: the shorter
+    shares are padded with examples that are scored but not counted."""
+    if not fsdp:
+        return hellaswag.evaluate(model, examples, enc, device, dtype, rank=rank, world_size=world_size)
+    mine = examples[rank::world_size]
+    padded = mine + examples[:math.ceil(len(examples) / world_size) - len(mine)]
+    sums, means = hellaswag.score_examples(model, padded, enc, device, dtype)  # (len(padded), 4) each
+    model.reshard()  # the root's weights stay gathered after a forward pass (see shard_model): free them
+    n = len(mine)
+    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
+    counts = torch.tensor([n, (sums[:n].argmin(1) == labels).sum().item(),
+                           (means[:n].argmin(1) == labels).sum().item()], dtype=torch.long, device=device)
+    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    n, correct, correct_norm = counts.tolist()
+    return {"n": n, "acc": correct / n, "acc_norm": correct_norm / n}
 
 
 class Logger:
@@ -362,6 +420,8 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint that holds pickled Python objects: loading it could run code."""
 
 
+# also "world_size" (the number of processes that wrote it; absent in older checkpoints, all from one process)
+# and "events_done" (absent: True)
 CHECKPOINT_KEYS = {"model", "optimizer", "step", "config", "train_loader", "rng", "log_bytes", "checksum"}
 
 
@@ -489,6 +549,47 @@ def open_checkpoint(path: str) -> tuple[str, dict]:
         raise SystemExit(f"error: {e}") from None
 
 
+# Under FSDP, a checkpoint is still one file in one format: the whole state, gathered on process 0, exactly
+# what a plain model and optimizer would save. It loads in one process, and resumes with or without --fsdp.
+
+
+def training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
+    """(model.state_dict(), optimizer.state_dict()) of the whole model. Under FSDP every process must call
+    it (it gathers the shards); process 0 gets them on the CPU, the others ({}, {})."""
+    if not fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)  # keyed by parameter name
+    if not model_state:
+        return {}, {}
+    model_state["lm_head.weight"] = model_state["transformer.wte.weight"]  # tied again: saved once, as in a plain one
+    index = {name: i for i, name in enumerate(n for g in optim_state["param_groups"] for n in g["params"])}
+    optim_state = {"state": {index[n]: s for n, s in optim_state["state"].items()},  # keyed by position
+                   "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in optim_state["param_groups"]]}
+    return model_state, optim_state
+
+
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, fsdp: bool) -> None:
+    """The inverse of training_state: every process loads the checkpoint's whole state and keeps its own shards."""
+    if not fsdp:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=options)
+    name_of = {p: n for n, p in model.named_parameters()}
+    names = [name_of[p] for g in optimizer.param_groups for p in g["params"]]  # position -> parameter name
+    state = ckpt["optimizer"]
+    state = {"state": {names[i]: s for i, s in state["state"].items()},
+             "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
 def model_from_checkpoint(ckpt: dict) -> GPT:
     """The model a checkpoint holds, built from the configuration saved with it."""
     model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_FIELDS}))
@@ -498,7 +599,8 @@ def model_from_checkpoint(ckpt: dict) -> GPT:
 
 @torch.no_grad()
 def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: int, top_k: int | None,
-                seed: int, device: str, dtype: torch.dtype = torch.float32, temperature: float = 1.0) -> list[str]:
+                seed: int, device: str, dtype: torch.dtype = torch.float32, temperature: float = 1.0,
+                top_p: float | None = None) -> list[str]:
     """num_samples continuations of prompt. Its own generator: the same seed gives the same text,
     and the training run's random state is left alone."""
     was_training = model.training
@@ -507,7 +609,7 @@ def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: 
     idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, len(prompt))
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast(device.split(":")[0], dtype):
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k,
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              n_vocab=enc.n_vocab, generator=generator)
     model.train(was_training)
     return [enc.decode(row.tolist()) for row in out]
@@ -573,9 +675,13 @@ def prune_checkpoints(out_dir: str, keep: int) -> None:
 
 def main(argv=None) -> None:
     cfg = parse_config(argv)
-    rank, local_rank, world_size = setup_distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))  # the process's number on its machine (torchrun sets it)
+    device = pick_device(cfg.device, local_rank)  # each process binds its own GPU before they connect
+    rank, world_size = setup_distributed(device)
     master = rank == 0  # only this process prints, logs, samples and writes checkpoints
-    device = pick_device(cfg.device, local_rank)
+    if cfg.fsdp and not dist.is_initialized():
+        raise SystemExit("error: --fsdp shards the model across processes started by torchrun: "
+                         "torchrun --standalone --nproc_per_node=N train_gpt.py --fsdp ...")
     device_type = device.split(":")[0]
     dtype = autocast_dtype(device_type, cfg.dtype)
     torch.manual_seed(cfg.seed)
@@ -616,10 +722,15 @@ def main(argv=None) -> None:
             raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
 
     # model and optimizer
-    raw_model = GPT(model_config(cfg)).to(device)
-    model = DDP(raw_model, device_ids=[local_rank] if device_type == "cuda" else None) if world_size > 1 else raw_model
+    raw_model = GPT(model_config(cfg)).to(device)  # the same initial weights in every process: the same seed
+    if cfg.fsdp:  # each process keeps 1/world_size of the weights, gradients and optimizer state
+        model = raw_model = shard_model(raw_model, device)
+    elif world_size > 1:  # each process keeps a whole copy; DDP averages the gradients
+        model = DDP(raw_model, device_ids=[local_rank] if device_type == "cuda" else None)
+    else:
+        model = raw_model
     optimizer = configure_optimizer(raw_model, cfg, device_type)
-    enc = get_encoding()
+    enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
 
     # a new run, or the same run continued from its latest good checkpoint
     if not cfg.resume and latest_checkpoint(cfg.out_dir):
@@ -632,6 +743,13 @@ def main(argv=None) -> None:
     if cfg.resume and not found and latest_checkpoint(cfg.out_dir):
         raise SystemExit(f"error: no checkpoint in {cfg.out_dir} can be loaded (see the warnings above); "
                          "nothing was changed")
+    if world_size > 1:  # each process reads --out-dir itself: on several machines it must be a folder they share
+        found_step = found[1]["step"] if found else -1
+        steps = torch.tensor([found_step, -found_step], device=device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)  # (latest, -earliest) found by any process
+        if steps[0].item() != -steps[1].item():
+            raise SystemExit(f"error: the processes found different checkpoints in --out-dir {cfg.out_dir}: on "
+                             "several machines, make it a folder they all share; nothing was changed")
     start_step, events_done = 0, False
     if found:
         path, ckpt = found
@@ -639,8 +757,12 @@ def main(argv=None) -> None:
         if mismatched:
             diff = ", ".join(f"--{k.replace('_', '-')} {ckpt['config'].get(k)} (now {getattr(cfg, k)})" for k in mismatched)
             raise SystemExit(f"error: {path} belongs to a different run: it has {diff}")
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        written_by = ckpt.get("world_size", 1)  # older checkpoints: always one process
+        if written_by != world_size:
+            raise SystemExit(f"error: {path} was written by {written_by} process(es), this run has {world_size}: "
+                             f"resume it with {written_by} (the position in the training data depends on their "
+                             "number); nothing was changed")
+        load_training_state(raw_model, optimizer, ckpt, cfg.fsdp)
         try:
             train_loader.load_state_dict(ckpt["train_loader"])
         except ShardError as e:
@@ -663,22 +785,34 @@ def main(argv=None) -> None:
         return every > 0 and (step % every == 0 or step == cfg.max_steps)
 
     def checkpoint(step: int, events_done: bool) -> str:
-        """Everything needed to continue the run at `step` exactly as if it had never stopped."""
+        """Everything needed to continue the run at `step` exactly as if it had never stopped. Every process
+        calls it (under FSDP they gather the state together); process 0 writes it and the others wait, so
+        that none goes on, or exits, before the checkpoint is on disk."""
         path = checkpoint_path(cfg.out_dir, step)
-        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise SystemExit(f"error: the weights hold NaN or inf at step {step}: no checkpoint written, "
-                             f"the earlier ones in {cfg.out_dir} are intact")
-        rng = {"cpu": torch.get_rng_state()}
-        if device_type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        try:
-            save_checkpoint(path, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "events_done": events_done, "config": asdict(cfg), "train_loader": train_loader.state_dict(),
-                "rng": rng, "log_bytes": logger.size()})
-        except CheckpointError as e:
-            raise SystemExit(f"error: {e}; the earlier checkpoints in {cfg.out_dir} are intact") from None
-        prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+        model_state, optim_state = training_state(raw_model, optimizer, cfg.fsdp)
+        error = None
+        if master and not all(torch.isfinite(t).all() for t in model_state.values()):
+            error = (f"error: the weights hold NaN or inf at step {step}: no checkpoint written, "
+                     f"the earlier ones in {cfg.out_dir} are intact")
+        elif master:
+            rng = {"cpu": torch.get_rng_state()}
+            if device_type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            try:
+                save_checkpoint(path, {
+                    "model": model_state, "optimizer": optim_state, "step": step, "events_done": events_done,
+                    "config": asdict(cfg), "train_loader": train_loader.state_dict(), "rng": rng,
+                    "log_bytes": logger.size(), "world_size": world_size})
+                prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+            except CheckpointError as e:
+                error = f"error: {e}; the earlier checkpoints in {cfg.out_dir} are intact"
+        if world_size > 1:  # process 0's verdict, to all: a barrier, and if it failed, all stop
+            failed = torch.tensor(float(error is not None), device=device)
+            dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+            if failed.item() and error is None:
+                error = f"error: process 0 could not write {path}: see its message"
+        if error:
+            raise SystemExit(error)
         return path
 
     with StopSignals() as signals:
@@ -687,7 +821,7 @@ def main(argv=None) -> None:
             if not last_step and signals.stop(device):
                 name = signal.Signals(signals.received or signal.SIGTERM).name
                 logger.log(step, event="stop", signal=name)
-                path = checkpoint(step, events_done=False) if master else None
+                path = checkpoint(step, events_done=False)
                 print0(f"stopped by {name} before step {step}: {path} written, continue with --resume")
                 if world_size > 1:
                     dist.destroy_process_group()
@@ -701,19 +835,21 @@ def main(argv=None) -> None:
                     print0(f"step {step:5d} | val loss {val_loss:.4f}")
                     logger.log(step, val_loss=val_loss)
                 if due(cfg.hellaswag_every, step):  # every process scores its share of the examples
-                    hs = hellaswag.evaluate(raw_model, hellaswag_examples, enc, device, dtype,
-                                            rank=rank, world_size=world_size)
+                    hs = hellaswag_accuracy(raw_model, hellaswag_examples, enc, device, dtype, rank, world_size,
+                                            fsdp=cfg.fsdp)
                     print0(f"step {step:5d} | hellaswag acc_norm {hs['acc_norm']:.4f} | acc {hs['acc']:.4f} | "
                            f"n {hs['n']}")
                     logger.log(step, hellaswag_acc_norm=hs["acc_norm"], hellaswag_acc=hs["acc"], hellaswag_n=hs["n"])
-                if due(cfg.sample_every, step) and master:
+                # under FSDP every process takes part in each forward pass (and draws the same samples)
+                if due(cfg.sample_every, step) and (master or cfg.fsdp):
                     samples = sample_text(raw_model, enc, cfg.sample_prompt, cfg.num_samples, cfg.sample_len,
                                           top_k=50, seed=42, device=device, dtype=dtype)
                     for s in samples:
                         print0(f"sample: {s!r}")
                     logger.log(step, samples=samples)
-                if step > 0 and due(cfg.checkpoint_every, step) and master:
-                    print0(f"step {step:5d} | checkpoint {checkpoint(step, events_done=True)}")
+                if step > 0 and due(cfg.checkpoint_every, step):
+                    path = checkpoint(step, events_done=True)
+                    print0(f"step {step:5d} | checkpoint {path}")
             if last_step:
                 break
             train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger, print0)
@@ -722,8 +858,10 @@ def main(argv=None) -> None:
         dist.destroy_process_group()
 
 
-def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger, print0) -> None:
-    """One optimizer step: grad_accum micro-batches, gradients summed, then one update."""
+def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger,
+               print0) -> float | None:
+    """One optimizer step: grad_accum micro-batches, gradients summed, then one update. Returns the
+    step's loss (None if a non-finite update was skipped)."""
     device_type = device.split(":")[0]
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     t0 = time.perf_counter()
@@ -733,8 +871,12 @@ def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum,
     for micro_step in range(grad_accum):
         x, y = train_loader.next_batch()
         x, y = x.to(device), y.to(device)
-        # DDP: all-reduce the gradients on the last micro-step only
-        sync = nullcontext() if world_size == 1 or micro_step == grad_accum - 1 else model.no_sync()
+        # average the gradients across processes on the last micro-step only: DDP all-reduces them,
+        # FSDP reduce-scatters them, each process keeping the mean of its own shard
+        last = micro_step == grad_accum - 1
+        if cfg.fsdp:
+            model.set_requires_gradient_sync(last)
+        sync = model.no_sync() if world_size > 1 and not cfg.fsdp and not last else nullcontext()
         with sync:
             with autocast(device_type, dtype):
                 _, loss = model(x, y)
@@ -766,6 +908,7 @@ def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum,
     print0(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {grad_norm:.4f} | "
            f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
     logger.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm, dt_ms=dt * 1000, tok_per_s=tok_per_s)
+    return train_loss
 
 
 if __name__ == "__main__":
