@@ -1,55 +1,114 @@
 """
-Sample text from a trained checkpoint with top-k sampling.
+Sample text from a trained checkpoint, or from OpenAI's GPT-2, with top-k / top-p sampling.
 
-    python generate.py --checkpoint log/                  # the latest checkpoint of a run
+    python generate.py                                    # the latest checkpoint in log/
     python generate.py --checkpoint log/ckpt_012207.pt --prompt "The meaning of life is" --num-samples 2
+    python generate.py --model gpt2 --top-p 0.9 --max-new-tokens 200      # GPT-2 124M (needs transformers)
 
-The model's configuration comes from the checkpoint. The same --seed gives the same text.
+One sample is printed token by token as it is drawn; several are printed when all are done. The model's
+configuration comes from the checkpoint. The same --seed gives the same text. Sampling keeps each
+block's keys and values (a KV cache), so a new token costs one token's forward pass.
 """
 
 import argparse
+import codecs
+import sys
 
+import torch
+
+from model import GPT
 from tokenizer import get_encoding
-from train_gpt import autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device, sample_text
+from train_gpt import autocast, autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device, sample_text
+
+HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="log", help="a checkpoint file, or an out dir: its latest (default: %(default)s)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default="log", help="a checkpoint file, or an out dir: its latest (default: %(default)s)")
+    src.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(HF_MODELS)}) or a Hugging Face GPT-2 folder, "
+                                     "through transformers, instead of a checkpoint")
     p.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue (default: %(default)r)")
     p.add_argument("--num-samples", type=int, default=4, help="samples to draw (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to add to the prompt (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0: all (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0,
+                   help="sample from the fewest tokens whose probabilities add up to p; 1: all (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same text (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=("auto", "bfloat16", "float32"),
                    help="autocast dtype; auto: bfloat16 where supported (default: %(default)s)")
+    p.add_argument("--no-stream", action="store_true", help="print a single sample when it is done, not token by token")
     args = p.parse_args(argv)
     for name in ("num_samples", "max_new_tokens"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.top_k < 0:
         p.error("--top-k can't be negative")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature <= 0:
         p.error("--temperature must be positive (for the single most likely token use --top-k 1)")
     return args
 
 
+def load_model(args: argparse.Namespace) -> GPT:
+    """The model of --model (through transformers) or of --checkpoint."""
+    if args.model:
+        try:
+            return GPT.from_pretrained(args.model)
+        except (ImportError, OSError, ValueError) as e:  # no transformers, no network and no cached copy, ...
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SystemExit(f"error: cannot load --model {args.model}: {msg}") from None
+    _, ckpt = open_checkpoint(args.checkpoint)
+    return model_from_checkpoint(ckpt)
+
+
+@torch.no_grad()
+def stream_sample(model: GPT, enc, prompt: str, max_new_tokens: int, top_k: int | None, top_p: float | None,
+                  seed: int, device: str, dtype: torch.dtype, temperature: float = 1.0, out=sys.stdout) -> str:
+    """One sample written to `out` token by token as it is drawn; returns its whole text.
+    The same tokens as sample_text with num_samples=1 and the same seed."""
+    model.eval()
+    idx = torch.tensor([enc.encode_ordinary(prompt)], dtype=torch.long, device=device)  # (1, T)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    # a token may end half-way through a UTF-8 character: print the bytes once the character is whole
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = [prompt]
+    out.write(prompt)
+    out.flush()
+    with autocast(device.split(":")[0], dtype):
+        for token in model.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  n_vocab=enc.n_vocab, generator=generator):
+            piece = utf8.decode(enc.decode_single_token_bytes(token.item()))
+            text.append(piece)
+            out.write(piece)
+            out.flush()
+    text.append(utf8.decode(b"", final=True))
+    out.write(text[-1] + "\n")
+    out.flush()
+    return "".join(text)
+
+
 def main(argv=None) -> list[str]:
     args = parse_args(argv)
     device = pick_device(args.device)
-    _, ckpt = open_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt).to(device)
+    model = load_model(args).to(device)
     enc = get_encoding()
     prompt_len = len(enc.encode_ordinary(args.prompt))
     if prompt_len == 0:
         raise SystemExit("error: --prompt is empty")
     if prompt_len >= model.config.block_size:
         raise SystemExit(f"error: the prompt is {prompt_len} tokens, the model's context is {model.config.block_size}")
-    samples = sample_text(model, enc, args.prompt, args.num_samples, args.max_new_tokens, top_k=args.top_k or None,
-                          seed=args.seed, device=device, dtype=autocast_dtype(device.split(":")[0], args.dtype),
-                          temperature=args.temperature)
+    dtype = autocast_dtype(device.split(":")[0], args.dtype)
+    top_k, top_p = args.top_k or None, (args.top_p if args.top_p < 1 else None)
+    if args.num_samples == 1 and not args.no_stream:
+        return [stream_sample(model, enc, args.prompt, args.max_new_tokens, top_k, top_p, args.seed, device, dtype,
+                              temperature=args.temperature)]
+    samples = sample_text(model, enc, args.prompt, args.num_samples, args.max_new_tokens, top_k=top_k, top_p=top_p,
+                          seed=args.seed, device=device, dtype=dtype, temperature=args.temperature)
     for i, s in enumerate(samples):
         print(f"--- sample {i}\n{s}")
     return samples
