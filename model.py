@@ -247,7 +247,7 @@ class GPT(nn.Module):
         loss = None
         if targets is not None:
             # in float32 even under autocast: a softmax over 50k entries is where bf16 hurts most
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
 
     @torch.no_grad()

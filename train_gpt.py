@@ -13,6 +13,7 @@ event, and checkpoints to <out-dir>/ckpt_<step>.pt.
 """
 
 import argparse
+import ctypes
 import glob
 import json
 import math
@@ -90,6 +91,9 @@ class TrainConfig:
     resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run "
                              "(a new run if there is none yet)")
     skip_nonfinite: bool = _f(False, "skip an update whose loss or gradient is NaN/inf instead of stopping")
+    init_from: str = _f("", "start from OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging "
+                            "Face GPT-2 folder instead of random ones; the model's shape flags then follow it")
+    compile: bool = _f(False, "torch.compile the model for the training steps (val, HellaSwag and samples run it as is)")
     fsdp: bool = _f(False, "shard weights, gradients and optimizer state across the processes (FSDP2) instead of "
                            "a whole copy on each (DDP): for a model too big for one device; needs torchrun")
 
@@ -155,7 +159,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
                  "hellaswag_every", "hellaswag_limit", "sample_every", "num_samples", "sample_len", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} can't be negative, got {getattr(cfg, name)}")
-    if cfg.seq_len > cfg.block_size:
+    if cfg.seq_len > cfg.block_size and not cfg.init_from:  # with --init-from, the context is the model's
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the model's context --block-size {cfg.block_size}")
     tokens_per_micro_step = cfg.batch_size * cfg.seq_len * world_size
     if cfg.total_batch_size % tokens_per_micro_step != 0:
@@ -170,6 +174,28 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
 
 def model_config(cfg: TrainConfig) -> GPTConfig:
     return GPTConfig(**{k: getattr(cfg, k) for k in MODEL_FIELDS})
+
+
+def load_pretrained(cfg: TrainConfig, master: bool = True, world_size: int = 1) -> GPT:
+    """The model of --init-from, through transformers; cfg's shape fields are set to its shape (they are
+    saved with the checkpoints, and a resumed run checks them). The first process fetches it into the Hugging
+    Face cache while the others wait, then they read that copy."""
+    def load():
+        try:
+            return GPT.from_pretrained(cfg.init_from)
+        except (ImportError, OSError, ValueError) as e:  # no transformers; no network and no cached copy; ...
+            msg = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise SystemExit(f"error: cannot load --init-from {cfg.init_from}: {msg}") from None
+    model = load() if master else None
+    if world_size > 1:
+        dist.barrier()
+    model = model or load()
+    for k in MODEL_FIELDS:
+        setattr(cfg, k, getattr(model.config, k))
+    if cfg.seq_len > cfg.block_size:
+        raise SystemExit(f"error: --seq-len {cfg.seq_len} is longer than the context of --init-from {cfg.init_from} "
+                         f"({cfg.block_size} tokens)")
+    return model
 
 # -----------------------------------------------------------------------------
 # distributed setup and device
@@ -233,6 +259,24 @@ def shard_model(model: GPT, device: str) -> GPT:
         model(torch.zeros(1, 1, dtype=torch.long, device=device))
     model.reshard()
     return model
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next allocation instead of giving it back to the OS at once.
+
+    A CPU training step allocates and frees the same large tensors every micro-step (the logits alone are
+    B x T x 50,304 floats, 400 MB at 4 x 512). glibc serves blocks above 32 MB with mmap and unmaps them when
+    freed, so every micro-step the kernel hands out those pages again, zeroed: page faults that cost the
+    `seed` step ~30% of its time on a 2-core CPU. Raising the mmap and trim thresholds keeps the blocks
+    in the heap for reuse. Peak memory doesn't grow: it is the same tensors. No effect outside glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc (macOS, musl, Windows)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # the largest glibc allows on 64-bit: 32 MB..1 GB blocks from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)  # never shrink the heap on a free
 
 
 def autocast_dtype(device_type: str, dtype: str) -> torch.dtype:
@@ -373,10 +417,11 @@ def hellaswag_accuracy(model: torch.nn.Module, examples: list[dict], enc, device
     gathers weights from all the processes, so they must all make the same number of them: the shorter
     shares are padded with examples that are scored but not counted."""
     if not fsdp:
-        return hellaswag.evaluate(model, examples, enc, device, dtype, rank=rank, world_size=world_size)
+        return hellaswag.evaluate(model, examples, enc, device, dtype, rank=rank, world_size=world_size,
+                                  progress=rank == 0)
     mine = examples[rank::world_size]
     padded = mine + examples[:math.ceil(len(examples) / world_size) - len(mine)]
-    sums, means = hellaswag.score_examples(model, padded, enc, device, dtype)  # (len(padded), 4) each
+    sums, means = hellaswag.score_examples(model, padded, enc, device, dtype, progress=rank == 0)  # (len(padded), 4)
     model.reshard()  # the root's weights stay gathered after a forward pass (see shard_model): free them
     n = len(mine)
     labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
@@ -684,8 +729,14 @@ def main(argv=None) -> None:
                          "torchrun --standalone --nproc_per_node=N train_gpt.py --fsdp ...")
     device_type = device.split(":")[0]
     dtype = autocast_dtype(device_type, cfg.dtype)
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls (outside autocast) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if device_type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)
     print0 = print if master else (lambda *a, **k: None)
+    pretrained = load_pretrained(cfg, master, world_size) if cfg.init_from else None
 
     if master:
         try:
@@ -722,7 +773,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
 
     # model and optimizer
-    raw_model = GPT(model_config(cfg)).to(device)  # the same initial weights in every process: the same seed
+    # the same initial weights in every process: the same seed, or the same pretrained model
+    raw_model = (pretrained or GPT(model_config(cfg))).to(device)
     if cfg.fsdp:  # each process keeps 1/world_size of the weights, gradients and optimizer state
         model = raw_model = shard_model(raw_model, device)
     elif world_size > 1:  # each process keeps a whole copy; DDP averages the gradients
@@ -730,6 +782,8 @@ def main(argv=None) -> None:
     else:
         model = raw_model
     optimizer = configure_optimizer(raw_model, cfg, device_type)
+    # compiled for the training steps only: val, HellaSwag and sampling (other shapes, no gradients) run as is
+    train_model = torch.compile(model) if cfg.compile else model
     enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
 
     # a new run, or the same run continued from its latest good checkpoint
@@ -815,6 +869,7 @@ def main(argv=None) -> None:
             raise SystemExit(error)
         return path
 
+    clock = None  # (time, step) after the first step of this process
     with StopSignals() as signals:
         for step in range(start_step, cfg.max_steps + 1):
             last_step = step == cfg.max_steps
@@ -852,14 +907,20 @@ def main(argv=None) -> None:
                     print0(f"step {step:5d} | checkpoint {path}")
             if last_step:
                 break
-            train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger, print0)
+            eta = None  # seconds to the last step, at the pace of the steps so far (evaluations included)
+            if clock is not None and step > clock[1]:
+                eta = (time.perf_counter() - clock[0]) / (step - clock[1]) * (cfg.max_steps - step)
+            train_step(step, cfg, train_model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger,
+                       print0, eta)
+            if clock is None:  # the first step (warm-up, compilation) doesn't count for the ETA
+                clock = (time.perf_counter(), step + 1)
 
     if world_size > 1:
         dist.destroy_process_group()
 
 
 def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum, device, dtype, logger,
-               print0) -> float | None:
+               print0, eta: float | None = None) -> float | None:
     """One optimizer step: grad_accum micro-batches, gradients summed, then one update. Returns the
     step's loss (None if a non-finite update was skipped)."""
     device_type = device.split(":")[0]
@@ -870,7 +931,10 @@ def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum,
     loss_accum = torch.zeros((), device=device)
     for micro_step in range(grad_accum):
         x, y = train_loader.next_batch()
-        x, y = x.to(device), y.to(device)
+        if device_type == "cuda":  # pinned host memory: the copy runs while the GPU still computes
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        else:
+            x, y = x.to(device), y.to(device)
         # average the gradients across processes on the last micro-step only: DDP all-reduces them,
         # FSDP reduce-scatters them, each process keeping the mean of its own shard
         last = micro_step == grad_accum - 1
@@ -906,9 +970,20 @@ def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum,
     dt = time.perf_counter() - t0
     tok_per_s = cfg.total_batch_size / dt
     print0(f"step {step:5d} | loss {train_loss:.6f} | lr {lr:.4e} | norm {grad_norm:.4f} | "
-           f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s")
+           f"{dt * 1000:.1f} ms | {tok_per_s:,.0f} tok/s" + (f" | eta {format_duration(eta)}" if eta is not None else ""))
     logger.log(step, train_loss=train_loss, lr=lr, grad_norm=grad_norm, dt_ms=dt * 1000, tok_per_s=tok_per_s)
     return train_loss
+
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m', 125 -> '2m05s', 42.4 -> '42s'."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 if __name__ == "__main__":

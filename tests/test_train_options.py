@@ -1,0 +1,155 @@
+"""python -m pytest tests/test_train_options.py -v
+
+--init-from (fine-tuning a Hugging Face GPT-2), --compile, the ETA and the memory setting of CPU runs.
+"""
+
+import json
+
+import pytest
+import torch
+
+import train_gpt
+from conftest import need_shared_data
+from model import GPT
+
+
+def train(shards, out, *flags):
+    train_gpt.main(["--preset", "tiny", "--data-dir", str(shards), "--out-dir", str(out), "--dtype", "float32",
+                    "--device", "cpu", *flags])
+
+
+def read_log(out) -> list[dict]:
+    with open(out / "log.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A random Hugging Face GPT-2 with GPT-2's vocabulary and a 64-token context, saved as a folder."""
+    import transformers  # requirements-dev.txt
+    torch.manual_seed(11)
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    out = tmp_path_factory.mktemp("hf_gpt2")
+    transformers.GPT2LMHeadModel(config).save_pretrained(out)
+    return out
+
+
+def test_init_from_starts_at_the_pretrained_weights(corpus_shards, hf_dir, tmp_path, capsys):
+    """--init-from DIR trains the Hugging Face model's weights: its shape replaces the preset's, the step-0
+    val loss is that model's, and a one-step run at a negligible learning rate ends with its weights."""
+    out = tmp_path / "run"
+    train(corpus_shards, out, "--init-from", str(hf_dir), "--max-steps", "1", "--warmup-steps", "0",
+          "--max-lr", "1e-12", "--min-lr", "1e-12", "--weight-decay", "0", "--val-every", "1")
+    log = read_log(out)
+    config = log[0]["config"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["block_size"]) == \
+        (2, 4, 32, 50257, 64)
+    ckpt = train_gpt.load_checkpoint(str(out / "ckpt_000001.pt"))
+    pretrained = GPT.from_pretrained(str(hf_dir))
+    for k, v in pretrained.state_dict().items():
+        torch.testing.assert_close(ckpt["model"][k], v, rtol=0, atol=1e-9)
+    # the val loss at step 0 is the pretrained model's on the same val tokens
+    loader = train_gpt.DataLoaderLite(str(corpus_shards), "val", 4, 64)
+    want = train_gpt.evaluate_val(pretrained, loader, 2, "cpu", torch.float32)
+    assert [e["val_loss"] for e in log if "val_loss" in e][0] == pytest.approx(want, abs=1e-6)
+    # the checkpoint is a plain one: generate.py / hellaswag.py read it without transformers
+    assert train_gpt.model_from_checkpoint(ckpt).config.n_embd == 32
+
+
+def test_init_from_resumes(corpus_shards, hf_dir, tmp_path):
+    """A fine-tuning run stopped at a checkpoint and resumed logs the same losses and ends with the same weights."""
+    flags = ["--init-from", str(hf_dir), "--max-steps", "6", "--val-every", "3", "--checkpoint-every", "3"]
+    train(corpus_shards, tmp_path / "a", *flags)
+    train(corpus_shards, tmp_path / "b", *flags)
+    (tmp_path / "b" / "ckpt_000006.pt").unlink()  # as if stopped after step 3
+    train(corpus_shards, tmp_path / "b", *flags, "--resume")
+    loss = lambda out: [e["train_loss"] for e in read_log(out) if "train_loss" in e]  # noqa: E731
+    assert loss(tmp_path / "a") == loss(tmp_path / "b")
+    a = train_gpt.load_checkpoint(str(tmp_path / "a" / "ckpt_000006.pt"))["model"]
+    b = train_gpt.load_checkpoint(str(tmp_path / "b" / "ckpt_000006.pt"))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("no/such/folder", "error: cannot load --init-from no/such/folder"),
+])
+def test_init_from_errors(corpus_shards, tmp_path, value, message, monkeypatch):
+    """A model that can't be loaded is one line of error, and nothing is written."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as e:
+        train(corpus_shards, tmp_path / "run", "--init-from", value)
+    assert str(e.value.code).startswith(message) and "\n" not in str(e.value.code)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_context_too_short(corpus_shards, hf_dir, tmp_path):
+    """--seq-len longer than the pretrained model's context is refused with the flag to change."""
+    with pytest.raises(SystemExit) as e:
+        train(corpus_shards, tmp_path / "run", "--init-from", str(hf_dir), "--seq-len", "128",
+              "--total-batch-size", "512")
+    assert str(e.value.code) == f"error: --seq-len 128 is longer than the context of --init-from {hf_dir} (64 tokens)"
+
+
+def test_compile_keeps_val_hellaswag_and_samples(corpus_shards, tmp_path, capsys):
+    """--compile: the training losses follow the eager run's, and val loss, HellaSwag and samples still run
+    (they use the model as is), with the same results as eager."""
+    data = need_shared_data("hellaswag/hellaswag_val_preprocessed.jsonl")
+    flags = ["--max-steps", "4", "--warmup-steps", "2", "--val-every", "2", "--hellaswag-every", "4", "--hellaswag-limit", "8",
+             "--hellaswag-data", str(data), "--sample-every", "4", "--checkpoint-every", "4"]
+    train(corpus_shards, tmp_path / "eager", *flags)
+    train(corpus_shards, tmp_path / "compiled", *flags, "--compile")
+    eager, compiled = read_log(tmp_path / "eager"), read_log(tmp_path / "compiled")
+    for name in ("train_loss", "val_loss", "hellaswag_acc_norm"):
+        a = [e[name] for e in eager if name in e]
+        b = [e[name] for e in compiled if name in e]
+        assert len(a) == len(b) > 0
+        # kernels fused differently round differently: float32 noise, amplified a little by Adam
+        torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-4, atol=1e-4)
+    assert [e for e in compiled if "samples" in e]
+    assert "eta" in capsys.readouterr().out
+
+
+def test_format_duration():
+    """The ETA reads as hours and minutes, minutes and seconds, or seconds."""
+    assert train_gpt.format_duration(3725) == "1h02m"
+    assert train_gpt.format_duration(125) == "2m05s"
+    assert train_gpt.format_duration(42.4) == "42s"
+
+
+def test_eta_counts_down(corpus_shards, tmp_path, capsys):
+    """From the second step on, each step line ends with an ETA to the last step; the first has none."""
+    train(corpus_shards, tmp_path / "run", "--max-steps", "5", "--val-every", "0", "--checkpoint-every", "0")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 5
+    assert "eta" not in lines[0] and "eta" not in lines[1]  # step 1's pace is not known before it ends
+    assert all("| eta " in line for line in lines[2:])
+
+
+FAULTS = """
+import resource, sys, torch
+sys.path.insert(0, {repo!r})
+import train_gpt
+if {keep}:
+    train_gpt.keep_freed_memory()
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(50_000_000)  # 200 MB, every page written
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()
+print(faults())
+"""
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_freed_memory_reuses_pages(keep):
+    """With keep_freed_memory (every CPU run), a large tensor allocated again reuses the pages of the one
+    freed before it; without it, each allocation page-faults all its 48,828 pages in again."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    out = subprocess.run([sys.executable, "-c", FAULTS.format(repo=str(REPO), keep=keep)], capture_output=True,
+                         text=True, check=True)
+    faults = int(out.stdout.strip())
+    pages = 200_000_000 // 4096
+    assert faults < pages // 10 if keep else faults > pages // 2
