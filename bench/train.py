@@ -1,0 +1,173 @@
+"""
+Training speed: tokens/s and model FLOP utilisation of train_gpt.py's step, against this machine's
+matmul peak and a plain baseline step (bench/baseline.py), all measured in the same run.
+
+    python bench/train.py                                  # seed preset, micro-batch 4 x 512
+    python bench/train.py --preset gpt2 --batch-size 16 --seq-len 1024 --compile   # on a GPU
+
+Each configuration runs in a fresh process (so its peak memory is its own) on the same random tokens
+from the same initial weights; the first step's loss of each is printed too: a faster step that computes
+something else would show there. FLOPs per token: 6 N + 12 n_layer n_embd T (N: parameters, the tied
+head once, the position table not; the second term is attention's q k^T and att v).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
+
+
+def matmul_peak(device: str, dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 3) -> float:
+    """The best FLOP/s of a square matmul at a few sizes: what this device reaches at all."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up: allocation, kernel choice
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak resident set, KiB on Linux
+
+
+class RandomLoader:
+    """next_batch() like DataLoaderLite's, from a fixed list of random micro-batches."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        x, y = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return x, y
+
+
+def worker(args) -> dict:
+    """Time one configuration in this process; returns its figures."""
+    import train_gpt
+    from bench.baseline import PlainGPT, plain_optimizer, plain_step
+    from model import GPT
+
+    device = train_gpt.pick_device(args.device)
+    cfg = train_gpt.preset_config(args.preset)
+    cfg.batch_size, cfg.seq_len = args.batch_size, args.seq_len
+    cfg.total_batch_size = args.batch_size * args.seq_len * args.accum
+    cfg.warmup_steps, cfg.max_steps = 10, 1000
+    torch.manual_seed(1337)
+    model = GPT(train_gpt.model_config(cfg))
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, 50257, (cfg.batch_size, cfg.seq_len), generator=g),
+                torch.randint(0, 50257, (cfg.batch_size, cfg.seq_len), generator=g)) for _ in range(args.accum)]
+    batches_dev = [(x.to(device), y.to(device)) for x, y in batches]
+
+    if args.worker == "plain":
+        plain = PlainGPT(model.config)
+        plain.load_state_dict(model.state_dict())  # the same weights
+        plain.to(device)
+        opt = plain_optimizer(plain)
+        run = lambda step: plain_step(plain, opt, batches_dev)  # noqa: E731
+        dtype = torch.float32
+    else:
+        model.to(device)
+        device_type = device.split(":")[0]
+        if device_type == "cpu":
+            train_gpt.keep_freed_memory()  # as train_gpt.main does
+        dtype = train_gpt.autocast_dtype(device_type, args.dtype)
+        opt = train_gpt.configure_optimizer(model, cfg, device_type)
+        fwd = torch.compile(model) if args.worker == "compiled" else model
+        loader = RandomLoader(batches)
+        logger = train_gpt.Logger(".", enabled=False)
+
+        def run(step):
+            return train_gpt.train_step(step, cfg, fwd, model, opt, loader, args.accum, device, dtype, logger,
+                                        lambda *a, **k: None)
+
+    times, first_loss = [], None
+    for step in range(args.warmup + args.steps):
+        sync(device)
+        t0 = time.perf_counter()
+        loss = run(step)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        first_loss = loss if first_loss is None else first_loss
+    step_s = statistics.median(times[args.warmup:])
+    return {"config": args.worker, "dtype": str(dtype).replace("torch.", ""), "step_s": step_s,
+            "tok_s": cfg.total_batch_size / step_s, "first_loss": first_loss, "first_step_s": times[0],
+            "peak_mb": peak_memory_mb(device), "n_params": model.num_params(non_embedding=True),
+            "n_layer": cfg.n_layer, "n_embd": cfg.n_embd}
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="seed", choices=("seed", "gpt2", "tiny"))
+    p.add_argument("--batch-size", type=int, default=4, help="micro-batch (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=512, help="(default: %(default)s)")
+    p.add_argument("--accum", type=int, default=2, help="micro-steps per optimizer step (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration, after the warm-up (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed first steps (default: %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"), help="for this repository's step")
+    p.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time one configuration, print JSON
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return []
+
+    import train_gpt
+    device = train_gpt.pick_device(args.device)
+    dtype = train_gpt.autocast_dtype(device.split(":")[0], args.dtype)
+    peak32 = matmul_peak(device, torch.float32)
+    peak = peak32 if dtype == torch.float32 else matmul_peak(device, dtype)
+    print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+          f"matmul peak float32 {peak32 / 1e9:,.0f} GFLOP/s" +
+          (f", {str(dtype)[6:]} {peak / 1e9:,.0f} GFLOP/s" if dtype != torch.float32 else ""))
+
+    configs = ["plain", "ours"] + (["compiled"] if args.compile else [])
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("compile", "worker")]
+    results = []
+    for c in configs:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, "--worker", c],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"error: the {c} configuration failed:\n{out.stderr[-2000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    base = results[0]["tok_s"]
+    print(f"\n{args.preset} preset, micro-batch {args.batch_size} x {args.seq_len}, {args.accum} micro-steps per step, "
+          f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'step':<22}{'dtype':>9}{'tokens/s':>10}{'vs plain':>10}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
+    for r in results:
+        flops_per_token = 6 * r["n_params"] + 12 * r["n_layer"] * r["n_embd"] * args.seq_len
+        mfu = r["tok_s"] * flops_per_token / (peak32 if r["dtype"] == "float32" else peak)
+        name = {"plain": "plain (bench/baseline)", "ours": "train_gpt", "compiled": "train_gpt --compile"}[r["config"]]
+        print(f"{name:<22}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base:>9.2f}x{mfu:>7.1%}"
+              f"{r['peak_mb']:>9,.0f}{r['first_loss']:>12.5f}")
+    print(f"FLOPs per token {flops_per_token / 1e6:.1f} M; MFU against the matmul peak of the step's dtype")
+    return results
+
+
+if __name__ == "__main__":
+    main()
