@@ -16,18 +16,15 @@ import sys
 
 import torch
 
-from model import GPT
+from model import GPT, GPT2_NAMES
 from tokenizer import get_encoding
 from train_gpt import autocast, autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device, sample_text
-
-HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default="log", help="a checkpoint file, or an out dir: its latest (default: %(default)s)")
-    src.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(HF_MODELS)}) or a Hugging Face GPT-2 folder, "
+    src.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(GPT2_NAMES)}) or a Hugging Face GPT-2 folder, "
                                      "through transformers, instead of a checkpoint")
     p.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue (default: %(default)r)")
     p.add_argument("--num-samples", type=int, default=4, help="samples to draw (default: %(default)s)")

@@ -28,6 +28,7 @@ From a training loop:
 
 import argparse
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import GPT
+from model import GPT, GPT2_NAMES
 from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -388,16 +389,22 @@ def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu",
 
 def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
              batch_size: int = 32, block_size: int | None = None, rank: int = 0, world_size: int = 1,
-             progress: bool = False) -> dict:
+             progress: bool = False, equal_shares: bool = False) -> dict:
     """{"n", "acc", "acc_norm"} of model on examples. Process `rank` of `world_size` scores every
     world_size-th example; under torch.distributed the counts are summed, so every process returns the
-    totals. The model is put in eval mode and back in its previous mode; no random numbers are drawn."""
+    totals. The model is put in eval mode and back in its previous mode; no random numbers are drawn.
+    equal_shares: every process makes the same forward passes, the shorter shares padded with examples
+    that are scored but not counted (under FSDP each forward pass needs every process)."""
     if not examples:
         raise ValueError("no examples to evaluate")
     mine = examples[rank::world_size]
+    n = len(mine)
+    if equal_shares:
+        mine = mine + examples[:math.ceil(len(examples) / world_size) - n]
     sums, means = score_examples(model, mine, enc, device, dtype, batch_size, block_size, progress)
-    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
-    counts = torch.tensor([len(mine), (sums.argmin(1) == labels).sum().item(),
+    sums, means = sums[:n], means[:n]  # the padding isn't counted
+    labels = torch.tensor([ex["label"] for ex in mine[:n]], dtype=torch.long)
+    counts = torch.tensor([n, (sums.argmin(1) == labels).sum().item(),
                            (means.argmin(1) == labels).sum().item()], dtype=torch.long, device=device)
     if dist.is_initialized():
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
@@ -407,7 +414,6 @@ def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype
 # -----------------------------------------------------------------------------
 # OpenAI's GPT-2 through transformers (optional: only --model needs it)
 
-HF_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def load_pretrained(name_or_dir: str) -> GPT:
@@ -439,7 +445,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a checkpoint file, or an out dir: its latest checkpoint")
-    which.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(HF_MODELS)}) from the Hugging Face hub, or a "
+    which.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(GPT2_NAMES)}) from the Hugging Face hub, or a "
                                         "Hugging Face GPT-2 folder (needs transformers)")
     p.add_argument("--data", help="a HellaSwag jsonl file (default: the official validation set, downloaded once)")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="where the download is kept (default: %(default)s)")
@@ -454,8 +460,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {value}")
-    if args.model is not None and args.model not in HF_MODELS and not os.path.isdir(args.model):
-        raise SystemExit(f"error: --model must be one of {', '.join(HF_MODELS)} or a Hugging Face GPT-2 folder, "
+    if args.model is not None and args.model not in GPT2_NAMES and not os.path.isdir(args.model):
+        raise SystemExit(f"error: --model must be one of {', '.join(GPT2_NAMES)} or a Hugging Face GPT-2 folder, "
                          f"got {args.model}")
     return args
 

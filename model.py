@@ -11,7 +11,6 @@ head that shares its weight with the token embedding. Parameter names follow Hug
     logits, loss = model(idx, targets)    # idx, targets: (B, T) token ids
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +39,9 @@ PRESETS = {
     "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # GPT-2 small: 124,475,904 at vocab 50,304
     "tiny": GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),  # for tests: seconds on a CPU
 }
+
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's GPT-2 on the Hugging Face hub
 
 
 class CausalSelfAttention(nn.Module):

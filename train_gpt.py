@@ -413,27 +413,6 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
     return (total / steps).item()
 
 
-def hellaswag_accuracy(model: torch.nn.Module, examples: list[dict], enc, device: str, dtype: torch.dtype,
-                       rank: int = 0, world_size: int = 1, fsdp: bool = False) -> dict:
-    """hellaswag.evaluate, each process scoring every world_size-th example. Under FSDP every forward pass
-    gathers weights from all the processes, so they must all make the same number of them: the shorter
-    shares are padded with examples that are scored but not counted."""
-    if not fsdp:
-        return hellaswag.evaluate(model, examples, enc, device, dtype, rank=rank, world_size=world_size,
-                                  progress=rank == 0)
-    mine = examples[rank::world_size]
-    padded = mine + examples[:math.ceil(len(examples) / world_size) - len(mine)]
-    sums, means = hellaswag.score_examples(model, padded, enc, device, dtype, progress=rank == 0)  # (len(padded), 4)
-    model.reshard()  # the root's weights stay gathered after a forward pass (see shard_model): free them
-    n = len(mine)
-    labels = torch.tensor([ex["label"] for ex in mine], dtype=torch.long)
-    counts = torch.tensor([n, (sums[:n].argmin(1) == labels).sum().item(),
-                           (means[:n].argmin(1) == labels).sum().item()], dtype=torch.long, device=device)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    n, correct, correct_norm = counts.tolist()
-    return {"n": n, "acc": correct / n, "acc_norm": correct_norm / n}
-
-
 class Logger:
     """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once."""
 
@@ -892,8 +871,10 @@ def main(argv=None) -> None:
                     print0(f"step {step:5d} | val loss {val_loss:.4f}")
                     logger.log(step, val_loss=val_loss)
                 if due(cfg.hellaswag_every, step):  # every process scores its share of the examples
-                    hs = hellaswag_accuracy(raw_model, hellaswag_examples, enc, device, dtype, rank, world_size,
-                                            fsdp=cfg.fsdp)
+                    hs = hellaswag.evaluate(raw_model, hellaswag_examples, enc, device, dtype, rank=rank,
+                                            world_size=world_size, progress=master, equal_shares=cfg.fsdp)
+                    if cfg.fsdp:
+                        raw_model.reshard()  # the root's weights stay gathered after a forward pass (see shard_model)
                     print0(f"step {step:5d} | hellaswag acc_norm {hs['acc_norm']:.4f} | acc {hs['acc']:.4f} | "
                            f"n {hs['n']}")
                     logger.log(step, hellaswag_acc_norm=hs["acc_norm"], hellaswag_acc=hs["acc"], hellaswag_n=hs["n"])

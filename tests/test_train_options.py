@@ -3,24 +3,13 @@
 --init-from (fine-tuning a Hugging Face GPT-2), --compile, the ETA and the memory setting of CPU runs.
 """
 
-import json
-
 import pytest
 import torch
 
 import train_gpt
 from conftest import need_shared_data
 from model import GPT
-
-
-def train(shards, out, *flags):
-    train_gpt.main(["--preset", "tiny", "--data-dir", str(shards), "--out-dir", str(out), "--dtype", "float32",
-                    "--device", "cpu", *flags])
-
-
-def read_log(out) -> list[dict]:
-    with open(out / "log.jsonl") as f:
-        return [json.loads(line) for line in f]
+from test_train import read_log, train
 
 
 @pytest.fixture(scope="module")
