@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -124,39 +125,169 @@ def check_inputs(paths: list[str]) -> None:
             raise SystemExit(f"error: {path} is empty")
 
 
-def iter_documents(inputs: list[str] | None) -> Iterator[str]:
-    """Yield document texts: FineWeb-Edu from the hub, or local files, through the same `datasets` path.
+JSONL_BLOCK = 1 << 20  # a .jsonl goes to the workers in blocks of whole lines, about this many bytes each
+TEXTS_PER_ITEM = 64  # documents read through `datasets` go to the workers in lists of this many
+JSON_SPACE = b" \t\r\n"  # JSON's whitespace: a .jsonl line of only these is blank, and skipped
 
-    A .txt file is one document; a .jsonl line or a parquet row is one document (its `text` field).
-    A local file that can't be read as such raises InputError, one line naming the file (and the line).
+
+def iter_work(inputs: list[str] | None) -> Iterator[tuple]:
+    """The input as work items for tokenize_work, in order: (path, first line number, bytes) for a block of
+    whole lines of a .jsonl, parsed by the workers (parsing JSON in the one process that reads would hold
+    the tokenizers back); (path, None, [text, ...]) for documents read through `datasets`: FineWeb-Edu from
+    the hub (path None), a .txt (one document) or a .parquet (a document per row).
+
+    A local file that can't be read as such raises InputError, one line naming the file (and the line):
+    here, or where the item is parsed.
     """
-    from datasets import load_dataset  # heavy: imported only by the code that needs it
     if not inputs:
-        try:
-            ds = load_dataset(FINEWEB_EDU[0], name=FINEWEB_EDU[1], split="train", streaming=True)
-            for row in ds:
-                yield row["text"]
-        except (ConnectionError, OSError) as e:
-            # datasets raises ConnectionError (or an OSError subclass) when the hub can't be reached
-            raise InputError(f"cannot reach the Hugging Face hub for FineWeb-Edu ({type(e).__name__}); "
-                             "shard local files with --input FILE [FILE ...]") from None
+        yield from _batches(None, _hub_texts())
         return
-    import datasets
+    for path in inputs:
+        if path.lower().endswith(".jsonl"):
+            yield from _jsonl_blocks(path)
+        else:
+            yield from _batches(path, _file_documents(path))
+
+
+def iter_documents(inputs: list[str] | None) -> Iterator[str]:
+    """The texts of the input's documents, in order, all read and parsed in this process."""
+    for item in iter_work(inputs):
+        yield from item_texts(item)
+
+
+def item_texts(item: tuple) -> list[str]:
+    """The texts of a work item's documents (a resumed run's first item may drop some: its 4th field)."""
+    path, first_line, data = item[:3]
+    texts = _parse_jsonl(path, first_line, data) if isinstance(data, bytes) else data
+    return texts[item[3]:] if len(item) > 3 else texts
+
+
+def tokenize_work(item: tuple) -> list[np.ndarray]:
+    """One work item -> the tokens of each of its documents. Runs in the worker processes."""
+    return [tokenize(text) for text in item_texts(item)]
+
+
+def skip_documents(work: Iterator[tuple], skip: int) -> Iterator[tuple]:
+    """The work without its first `skip` documents, which a resumed run has: items wholly among them are
+    dropped unparsed, and the item where they end gets a 4th field, how many of its documents to drop."""
+    for item in work:
+        if skip:
+            data = item[2]
+            n = len(data) if isinstance(data, list) else sum(1 for line in data.split(b"\n") if line.strip(JSON_SPACE))
+            if n <= skip:
+                skip -= n
+                continue
+            item, skip = (*item, skip), 0
+        yield item
+
+
+class Throttle:
+    """Lets the reading run at most `limit` work items ahead of the shard writing. Pool.imap takes items as
+    fast as its input gives them: a reader faster than the tokenizers would otherwise queue the whole input
+    in memory."""
+
+    def __init__(self, work: Iterator[tuple], limit: int):
+        self.work, self.room, self.stopped = work, threading.Semaphore(limit), False
+
+    def __iter__(self) -> Iterator[tuple]:  # in the pool's feeder thread
+        for item in self.work:
+            self.room.acquire()
+            if self.stopped:
+                return
+            yield item
+
+    def documents(self, results: Iterator[list[np.ndarray]]) -> Iterator[np.ndarray]:
+        for tokens in results:
+            self.room.release()
+            yield from tokens
+
+    def stop(self) -> None:
+        """Lets the feeder thread end (Pool.terminate waits for it)."""
+        self.stopped = True
+        self.room.release()
+
+
+def _hub_texts() -> Iterator[str]:
+    from datasets import load_dataset
+    try:
+        ds = load_dataset(FINEWEB_EDU[0], name=FINEWEB_EDU[1], split="train", streaming=True)
+        for row in ds:
+            yield row["text"]
+    except (ConnectionError, OSError) as e:
+        # datasets raises ConnectionError (or an OSError subclass) when the hub can't be reached
+        raise InputError(f"cannot reach the Hugging Face hub for FineWeb-Edu ({type(e).__name__}); "
+                         "shard local files with --input FILE [FILE ...]") from None
+
+
+def _batches(path: str | None, texts: Iterator[str]) -> Iterator[tuple]:
+    while batch := list(itertools.islice(texts, TEXTS_PER_ITEM)):
+        yield path, None, batch
+
+
+def _jsonl_blocks(path: str) -> Iterator[tuple]:
+    """(path, the number of its first line, whole lines as bytes) for each block of about JSONL_BLOCK bytes."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
+    with f:
+        buf = f.read(JSONL_BLOCK).removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors write
+        if buf.lstrip(JSON_SPACE).startswith(b"["):
+            raise InputError(f"{path} holds a JSON array, not JSON lines (one object with a 'text' field per line)")
+        line, anything = 1, False
+        while buf:
+            more = f.read(JSONL_BLOCK)
+            if more:
+                buf += more
+                cut = buf.rfind(b"\n") + 1
+                if not cut:
+                    continue  # a line longer than a block: read on
+                block, buf = buf[:cut], buf[cut:]
+            else:
+                block, buf = buf, b""
+            anything = anything or bool(block.translate(None, JSON_SPACE))
+            yield path, line, block
+            line += block.count(b"\n")
+    if not anything:
+        raise InputError(f"{path} holds no documents")
+
+
+def _parse_jsonl(path: str, first_line: int, block: bytes) -> list[str]:
+    """The texts of a block of .jsonl lines; InputError naming the first line that isn't a record with text."""
+    texts = []
+    for i, raw in enumerate(block.split(b"\n"), first_line):
+        if not raw.strip(JSON_SPACE):
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}, line {i}: not UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {i}: not JSON ({e.msg} at column {e.colno})") from None
+        except (ValueError, RecursionError):
+            raise InputError(f"{path}, line {i}: not JSON") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}, line {i}: {_json_type(record)}, not an object with a 'text' field")
+        if "text" not in record:
+            raise InputError(f"{path}, line {i}: no 'text' field")
+        if not isinstance(record["text"], str):
+            raise InputError(f"{path}, line {i}: 'text' is {_json_type(record['text'])}, not a string")
+        texts.append(record["text"])
+    return texts
+
+
+def _file_documents(path: str) -> Iterator[str]:
+    """The documents of a .txt or .parquet file (or a .json one), read through `datasets`."""
+    import datasets  # heavy (a second or more): imported only by the code that needs it
     datasets.logging.set_verbosity(logging.CRITICAL)  # it logs the read errors we report in one line below
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # else each load_dataset() of a local file pings the hub
-    for path in inputs:
-        yield from _file_documents(path, load_dataset)
-
-
-def _file_documents(path: str, load_dataset) -> Iterator[str]:
     builder = INPUT_BUILDERS[os.path.splitext(path)[1].lower()]
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     n = 0
     try:
-        if path.lower().endswith(".jsonl"):
-            _check_jsonl_start(path)
+        if builder == "json":
             _check_no_null_lines(path)
-        ds = load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
+        ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
         for row in ds:
             n += 1
             text = row.get("text")
@@ -173,13 +304,6 @@ def _file_documents(path: str, load_dataset) -> Iterator[str]:
         raise InputError(_unreadable(path, builder, e)) from None
     if n == 0:
         raise InputError(f"{path} holds no documents")
-
-
-def _check_jsonl_start(path: str) -> None:
-    """`datasets` reads a .jsonl that starts with `[` as one JSON array, its items as texts (`[1, 2]` -> "1", "2")."""
-    with open(path, "rb") as f:
-        if f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"["):
-            raise InputError(f"{path} holds a JSON array, not JSON lines (one object with a 'text' field per line)")
 
 
 NULL_LINE = re.compile(rb"[ \t\r]*null[ \t\r]*(?=\n|\Z)")  # a JSON line `null`
@@ -205,10 +329,6 @@ def _check_no_null_lines(path: str) -> None:
 
 def _bad_record(path: str, builder: str, n: int, row: dict) -> str:
     """The message for the n-th record, whose 'text' is missing or not a string."""
-    if path.lower().endswith(".jsonl"):
-        problem = _first_bad_jsonl_line(path)
-        if problem:
-            return problem
     unit, kind = ("row", "column") if builder == "parquet" else ("record", "field")
     if "text" not in row:
         return f"{path}: {unit} {n} has no 'text' {kind} (it has: {', '.join(map(str, row)) or 'nothing'})"
@@ -229,10 +349,6 @@ def _unreadable(path: str, builder: str, e: Exception) -> str:
         except OSError:
             pass
         return f"{path} is not UTF-8 text{where} (a binary file, or another encoding?)"
-    if path.lower().endswith(".jsonl"):
-        problem = _first_bad_jsonl_line(path)
-        if problem:
-            return problem
     if builder == "parquet":
         try:
             import pyarrow.parquet as pq
@@ -242,35 +358,6 @@ def _unreadable(path: str, builder: str, e: Exception) -> str:
             pass
     what = {"json": "JSON lines", "parquet": "a parquet file", "text": "UTF-8 text"}[builder]
     return f"{path}: cannot read it as {what} ({_one_line(e)})"
-
-
-def _first_bad_jsonl_line(path: str) -> str | None:
-    """Read a .jsonl file line by line (only after `datasets` failed on it) to name the line at fault."""
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return None
-    with f:
-        for i, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return f"{path}, line {i}: not UTF-8"
-            if not line.strip():
-                continue  # blank lines are skipped, as datasets does
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{path}, line {i}: not JSON ({e.msg} at column {e.colno})"
-            except (ValueError, RecursionError):
-                return f"{path}, line {i}: not JSON"
-            if not isinstance(record, dict):
-                return f"{path}, line {i}: {_json_type(record)}, not an object with a 'text' field"
-            if "text" not in record:
-                return f"{path}, line {i}: no 'text' field"
-            if not isinstance(record["text"], str):
-                return f"{path}, line {i}: 'text' is {_json_type(record['text'])}, not a string"
-    return None
 
 
 def _json_type(value) -> str:
@@ -494,14 +581,15 @@ def main(argv=None) -> list[str]:
               f"skipping the {writer.docs:,} documents they hold")
     bar = tqdm(total=args.max_tokens or None, initial=writer.total, unit=" tokens", unit_scale=True,
                desc="tokenizing")
-    pool = None
+    pool = work = None
     try:
         writer.save()  # before any shard: shards without a manifest are not this job's. Checks out_dir is writable
         if not (args.max_tokens and writer.total >= args.max_tokens):
-            docs = itertools.islice(iter_documents(args.input), writer.docs, None)  # done ones: read, not tokenized
+            # the documents done are read, not tokenized
+            work = Throttle(skip_documents(iter_work(args.input), writer.docs), limit=4 * args.workers)
             pool = mp.Pool(args.workers, initializer=_ignore_sigint) if args.workers > 1 else None
-            # imap keeps the documents' order, so the shards are the same whatever the number of workers
-            token_stream = pool.imap(tokenize, docs, chunksize=16) if pool else map(tokenize, docs)
+            # imap keeps the items' order, so the shards are the same whatever the number of workers
+            token_stream = work.documents(pool.imap(tokenize_work, work) if pool else map(tokenize_work, work))
             skip = writer.doc_pos  # tokens of the first document already in the last shard
             for tokens in token_stream:
                 tokens, skip = tokens[skip:], 0
@@ -525,6 +613,8 @@ def main(argv=None) -> list[str]:
         raise SystemExit(130) from None
     finally:
         bar.close()
+        if work:
+            work.stop()
         if pool:
             pool.terminate()
     print(f"wrote {writer.total:,} tokens in {len(writer.shards)} shards to {args.out_dir}")

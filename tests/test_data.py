@@ -75,6 +75,44 @@ def test_fineweb_same_bytes_for_any_worker_count(corpus_slice, tmp_path):
     assert outs[0] == outs[1] and len(outs[0]) >= 3
 
 
+@pytest.mark.parametrize("block,max_tokens", [(3000, 0), (3000, 40000), (50_000, 0)])
+def test_fineweb_jsonl_blocks_same_bytes(corpus_slice, corpus_shards, tmp_path, monkeypatch, block, max_tokens):
+    """A .jsonl read in blocks of any size (here also smaller than its lines), tokenized by 2 processes,
+    gives the shards of one process reading it whole; --max-tokens stops it (and its reader) early."""
+    monkeypatch.setattr(fineweb, "JSONL_BLOCK", block)
+    out = tmp_path / "out"
+    fineweb.main(["--input", str(corpus_slice), "--out-dir", str(out), "--shard-size", "16384", "--workers", "2",
+                  "--max-tokens", str(max_tokens)])
+    ref = [p.read_bytes() for p in sorted(corpus_shards.glob("*.bin"))]
+    got = [p.read_bytes() for p in sorted(out.glob("*.bin"))]
+    if not max_tokens:
+        assert got == ref and len(got) >= 4
+    else:
+        def tokens(d):  # in order: val, then train
+            return np.concatenate([read_shard(p) for p in list_shards(str(d), "val") + list_shards(str(d), "train")])
+        assert tokens(out).tolist() == tokens(corpus_shards)[:max_tokens].tolist()
+
+
+def test_fineweb_reader_waits_for_the_tokenizers():
+    """The reading runs at most a few items ahead of the shard writing: a reader faster than the tokenizers
+    (FineWeb-Edu from a fast network, a local disk) doesn't queue the whole input in memory."""
+    import multiprocessing as mp
+    import time
+    read = []
+
+    def work():
+        for i in range(40):
+            read.append(i)
+            yield None, None, [f"document {i}"]
+    work = fineweb.Throttle(work(), limit=3)
+    ahead = 0
+    with mp.Pool(2) as pool:
+        for k, _ in enumerate(work.documents(pool.imap(fineweb.tokenize_work, work))):
+            ahead = max(ahead, len(read) - k)
+            time.sleep(0.01)
+    assert len(read) == 40 and ahead <= 3 + 2, ahead  # limit, + the item being consumed, + one read waiting
+
+
 def test_fineweb_text_parquet_and_max_tokens(tmp_path):
     """.txt (one document per file) and .parquet inputs work, and --max-tokens stops at that count."""
     import pyarrow as pa

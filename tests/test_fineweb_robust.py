@@ -140,11 +140,15 @@ def test_killed_run_resumes_to_the_same_bytes(corpus_slice, corpus_shards, tmp_p
         assert "resuming" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("shard_size,max_tokens", [(4000, 11000), (5000, 3000)])
+@pytest.mark.parametrize("shard_size,max_tokens,block", [(4000, 11000, None), (5000, 3000, None), (4000, 11000, 3000)],
+                         ids=["shards", "input smaller than a shard", "jsonl read in blocks of 3000 bytes"])
 def test_crash_at_every_write_resumes_to_the_same_bytes(corpus_slice, tmp_path, monkeypatch, shard_size,
-                                                        max_tokens):
+                                                        max_tokens, block):
     """A run that dies during any of its writes (shard or manifest), also when the whole input is smaller
-    than one shard (10% val decided at the end), resumes to the bytes of an uninterrupted run."""
+    than one shard (10% val decided at the end), resumes to the bytes of an uninterrupted run. With small
+    blocks, the resumed run skips documents that end inside a block and lines longer than a block."""
+    if block:
+        monkeypatch.setattr(fineweb, "JSONL_BLOCK", block)
     src = small_input(corpus_slice, tmp_path)
     flags = ["--input", str(src), "--shard-size", str(shard_size), "--max-tokens", str(max_tokens), "--workers", "1"]
     fineweb.main([*flags, "--out-dir", str(tmp_path / "ref")])
@@ -327,9 +331,9 @@ def error_lines(stderr: str) -> list[str]:
 
 @pytest.mark.parametrize("content,workers,message", [
     ('{"text": "fine"}\n' * 50 + '{"text": ["a", "list"]}\n', "2", "{path}, line 51: 'text' is an array, not a string"),
-    ('null\n{"text": "fine"}\n', "1", "{path}, line 1: null, not an object with a 'text' field"),  # pyarrow: segfault
+    ('null\n{"text": "fine"}\n', "1", "{path}, line 1: null, not an object with a 'text' field"),
     (None, "1", "input file not found: {path}"),
-], ids=["record read by the pool's feeder thread", "a null line", "missing file"])
+], ids=["record parsed by a tokenizer process", "a null line", "missing file"])
 def test_bad_input_cli_no_traceback(tmp_path, content, workers, message):
     """From the command line, bad input gives exactly one line on stderr, a non-zero exit, no traceback."""
     path = tmp_path / "a.jsonl"
