@@ -4,6 +4,9 @@ Export a checkpoint of train_gpt.py as a Hugging Face GPT-2 model folder.
     python export_hf.py --checkpoint log/ --out hf_model                 # the latest checkpoint of a run
     python export_hf.py --checkpoint log/ckpt_012207.pt --out hf_model   # a given one
 
+Only GPT-2's architecture exports (train_gpt.py --recipe gpt2, the default): transformers' GPT-2 has no
+rotary positions, QK-norm, ReLU² or logit soft-capping, the model options of --recipe modern.
+
 The folder holds config.json, model.safetensors and GPT-2's tokenizer (vocab.json, merges.txt,
 tokenizer.json, tokenizer_config.json), so transformers loads it with no code of ours:
 
@@ -164,6 +167,12 @@ def main(argv=None) -> str:
     from train_gpt import model_from_checkpoint, open_checkpoint
     name, ckpt = open_checkpoint(args.checkpoint)  # SystemExit with one line for a missing or bad checkpoint
     model = model_from_checkpoint(ckpt)
+    if not model.config.is_gpt2:
+        c = model.config
+        parts = [what for what, on in (("rotary positions", c.rope), ("QK-norm", c.qk_norm),
+                                        ("a ReLU² MLP", c.mlp != "gelu"), ("soft-capped logits", c.logit_softcap)) if on]
+        raise SystemExit(f"error: {name} is not a GPT-2 model ({', '.join(parts)}: --recipe modern), and Hugging "
+                         "Face's GPT-2 can't compute it; export works for --recipe gpt2 checkpoints")
     if model.config.vocab_size < N_VOCAB:
         raise SystemExit(f"error: {name} has a vocabulary of {model.config.vocab_size:,} rows, fewer than "
                          f"GPT-2's {N_VOCAB:,} tokens: its tokenizer can't be GPT-2's")

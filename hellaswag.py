@@ -279,7 +279,7 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
     # cross-entropy over the model's whole vocabulary (padding ids included), in float32 even under autocast
     if isinstance(model, GPT):
         hidden = model.hidden_states(tokens)[:, :-1][scored]  # (N, C): N scored tokens in all rows
-        losses = head_losses(model.lm_head, hidden, targets[scored])  # (N,)
+        losses = head_losses(model.lm_head, hidden, targets[scored], softcap=model.config.logit_softcap)  # (N,)
     else:
         logits = model(tokens)[:, :-1][scored]  # (N, V)
         losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)
@@ -289,20 +289,26 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
 
 
 def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
-                buf: torch.Tensor | None = None) -> torch.Tensor:
+                buf: torch.Tensor | None = None, softcap: float = 0.0) -> torch.Tensor:
     """Cross-entropy of targets (N,) under the logits lm_head(h), h: (N, C), in float32, HEAD_CHUNK rows at a time.
 
     buf: a (HEAD_CHUNK, vocab) float32 tensor to compute the logits in, reused from chunk to chunk. On a CPU
     a fresh 200 MB tensor per chunk costs a page fault for every 4 KB written: more time than the matmul
     (118M page faults over the full set without it). Without buf (GPUs cache their allocations; autocast
-    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way.
+    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way. softcap: the
+    model's logit_softcap (GPTConfig), applied to the logits as the model does.
     """
     if buf is None:
-        return torch.cat([F.cross_entropy(lm_head(hc).float(), yc, reduction="none")
+        def logits_of(hc):
+            logits = lm_head(hc).float()
+            return softcap * torch.tanh(logits / softcap) if softcap else logits
+        return torch.cat([F.cross_entropy(logits_of(hc), yc, reduction="none")
                           for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
     losses = []
     for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK)):
         logits = torch.mm(hc, lm_head.weight.t(), out=buf[:len(hc)])  # (n, V)
+        if softcap:
+            logits.div_(softcap).tanh_().mul_(softcap)
         target = logits.gather(1, yc[:, None]).squeeze(1)  # (n,)
         # -log p(y) = log(sum(exp(logits))) - logits[y], the log-sum-exp computed in place
         top = logits.amax(1, keepdim=True)  # (n, 1)
@@ -325,7 +331,7 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
     b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
     h = hidden[b, src[scored]]  # (N, C)
     targets = tokens[scored]  # (N,)
-    losses = head_losses(model.lm_head, h, targets, buf)  # (N,)
+    losses = head_losses(model.lm_head, h, targets, buf, softcap=model.config.logit_softcap)  # (N,)
     slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
     sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
     counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))

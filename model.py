@@ -25,6 +25,12 @@ class GPTConfig:
     n_layer: int = 12  # number of transformer blocks
     n_head: int = 12  # attention heads per block
     n_embd: int = 768  # width of the residual stream
+    # departures from GPT-2 that train_gpt.py --recipe modern turns on; the defaults are GPT-2's own
+    rope: bool = False  # rotary position embeddings in attention (Su et al. 2021) instead of a learned table
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention (Dehghani et al. 2023)
+    mlp: str = "gelu"  # the MLP's activation: "gelu" (GPT-2's tanh approximation) or "relu2", ReLU squared (So et al. 2021)
+    logit_softcap: float = 0.0  # above 0: logits = c * tanh(logits / c), smoothly bounded by c (Gemma 2)
+    zero_init_proj: bool = False  # the projections into the residual stream start at zero: each block starts as the identity
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -32,6 +38,17 @@ class GPTConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.rope and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary embeddings need an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
+        if self.mlp not in ("gelu", "relu2"):
+            raise ValueError(f"mlp must be 'gelu' or 'relu2', got {self.mlp!r}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap can't be negative, got {self.logit_softcap}")
+
+    @property
+    def is_gpt2(self) -> bool:
+        """Whether this is GPT-2's architecture (what Hugging Face's GPT2LMHeadModel computes)."""
+        return not (self.rope or self.qk_norm or self.mlp != "gelu" or self.logit_softcap)
 
 
 PRESETS = {
@@ -44,23 +61,51 @@ PRESETS = {
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's GPT-2 on the Hugging Face hub
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021): each pair of channels of a query or key is rotated by an
+    angle proportional to the token's position, so that q . k depends on the two positions' difference only."""
+
+    def __init__(self, head_size: int, base: float = 10000.0):
+        super().__init__()
+        # one frequency per channel pair, from 1 down to 1/base; not a weight: not in the state dict
+        self.register_buffer("inv_freq", base ** -(torch.arange(0, head_size, 2).float() / head_size), persistent=False)
+
+    def forward(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pos: (T,) or (B, T) positions -> cos, sin of the angles, (1, 1, T, hs/2) or (B, 1, T, hs/2)."""
+        angles = pos.float()[..., None] * self.inv_freq  # (T, hs/2) or (B, T, hs/2)
+        angles = angles[None, None] if pos.dim() == 1 else angles[:, None]
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the channel pairs (i, i + hs/2) of x (B, nh, T, hs) by the angles of cos, sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True  # see GPT._init_weights
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: "KVCache | None" = None) -> torch.Tensor:
+                cache: "KVCache | None" = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs): heads become a batch dimension
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:  # unit RMS: the attention logits can't grow without bound
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if rotary is not None:  # positions enter here, by rotating queries and keys (before they are cached)
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         # softmax(q k^T / sqrt(hs) + causal mask) v, fused (flash attention where the device has it)
         if cache is not None:  # sampling: the prompt first (causal), then one new token at a time
             prompt = cache.len == 0
@@ -107,11 +152,14 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.relu2 = config.mlp == "relu2"
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.c_proj(h)
 
 
 class Block(nn.Module):
@@ -124,9 +172,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         # pre-LayerNorm: normalise the input of each branch, keep the residual stream clean
-        x = x + self.attn(self.ln_1(x), attn_mask, cache)
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, rotary)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -138,10 +186,13 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
+            # position embedding; with rope, positions rotate queries and keys in attention instead
+            **({} if config.rope else dict(wpe=nn.Embedding(config.block_size, config.n_embd))),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd),
         ))
+        if config.rope:
+            self.rotary = Rotary(config.n_embd // config.n_head)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output head reads the token embedding (one tensor, GPT-2 and Press & Wolf 2017)
         self.transformer.wte.weight = self.lm_head.weight
@@ -154,6 +205,8 @@ class GPT(nn.Module):
             std = 0.02
             if getattr(module, "RESIDUAL_SCALE", False):
                 std *= (2 * self.config.n_layer) ** -0.5
+                if self.config.zero_init_proj:
+                    std = 0.0
             torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
@@ -163,7 +216,7 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count, the tied head counted once; non_embedding leaves out the position table."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -238,14 +291,24 @@ class GPT(nn.Module):
             pos = torch.arange(0, T, dtype=torch.long, device=idx.device)  # (T,)
         elif pos.numel() and int(pos.max()) >= self.config.block_size:
             raise ValueError(f"position {int(pos.max())} is past the context ({self.config.block_size})")
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.config.rope:
+            rotary = self.rotary(pos)  # cos, sin for the attention layers
+        else:
+            x = x + self.transformer.wpe(pos)  # + (T, C) or (B, T, C)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache[i] if cache is not None else None)
+            x = block(x, attn_mask, cache[i] if cache is not None else None, rotary)
         return self.transformer.ln_f(x)  # (B, T, C)
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits as the model outputs them: bounded by logit_softcap where it is set (in float32 then)."""
+        c = self.config.logit_softcap
+        return c * torch.tanh(logits.float() / c) if c else logits
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size) and the mean loss (or None)."""
-        logits = self.lm_head(self.hidden_states(idx))  # (B, T, vocab_size)
+        logits = self.softcap(self.lm_head(self.hidden_states(idx)))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             # in float32 even under autocast: a softmax over 50k entries is where bf16 hurts most
@@ -285,7 +348,7 @@ class GPT(nn.Module):
                 x = idx[:, -block_size:]  # crop to the context the model can read
             h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
             # W h^T rather than h W^T: for a few rows, the same product runs ~3x faster on a CPU
-            logits = torch.mm(self.lm_head.weight, h.t()).t().float() / temperature  # (B, vocab_size)
+            logits = self.softcap(torch.mm(self.lm_head.weight, h.t()).t()).float() / temperature  # (B, vocab_size)
             idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next

@@ -4,11 +4,12 @@ Train a GPT-2 style model on token shards written by fineweb.py.
     python train_gpt.py                                   # the reference run: `seed` preset, ~16M params
     python train_gpt.py --preset tiny --max-steps 100     # a quick run on a laptop CPU
     python train_gpt.py --resume                          # continue the latest checkpoint in --out-dir
+    python train_gpt.py --recipe modern                   # rotary, QK-norm, ReLU², Muon, WSD (README: "Recipes")
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2          # 8 GPUs (README: "Many devices")
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2 --fsdp   # the same, weights sharded
 
 Every field of TrainConfig is a flag (--max-steps, --batch-size, ...); --preset picks a whole
-configuration and the other flags override it. Metrics go to <out-dir>/log.jsonl, one JSON object per
+configuration, --recipe how it is trained, and the other flags override both. Metrics go to <out-dir>/log.jsonl, one JSON object per
 event, and checkpoints to <out-dir>/ckpt_<step>.pt.
 """
 
@@ -27,7 +28,7 @@ import time
 import zipfile
 import zlib
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import hellaswag
 from fineweb import ShardError, list_shards, read_shard
 from model import GPT, PRESETS, GPTConfig
+from optim import MuonAdamW
 from tokenizer import get_encoding
 
 # -----------------------------------------------------------------------------
@@ -51,12 +53,20 @@ def _f(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     preset: str = _f("seed", "a whole configuration; other flags override it", choices=("seed", "gpt2", "tiny"))
+    recipe: str = _f("gpt2", "how to train it: gpt2 (the reference run) or modern (rotary positions, QK-norm, ReLU², "
+                             "soft-capped logits, zero-initialised projections, Muon, warmup-stable-decay); it sets "
+                             "the flags below that it changes, and other flags override it", choices=("gpt2", "modern"))
     # model (see model.GPTConfig)
     n_layer: int = _f(4, "transformer blocks")
     n_head: int = _f(8, "attention heads per block")
     n_embd: int = _f(256, "width of the residual stream")
     block_size: int = _f(1024, "context length of the model")
     vocab_size: int = _f(50304, "vocabulary size (GPT-2's 50,257 padded to a multiple of 64)")
+    rope: bool = _f(False, "rotary position embeddings instead of a learned position table")
+    qk_norm: bool = _f(False, "RMS-normalise queries and keys before attention")
+    mlp: str = _f("gelu", "the MLP's activation: gelu or relu2 (ReLU squared)", choices=("gelu", "relu2"))
+    logit_softcap: float = _f(0.0, "bound the logits smoothly: c * tanh(logits / c) (0: off)")
+    zero_init_proj: bool = _f(False, "start the projections into the residual stream at zero")
     # data and batch
     data_dir: str = _f("edu_fineweb10B", "folder of token shards written by fineweb.py")
     batch_size: int = _f(4, "micro-batch: sequences per forward pass, per process")
@@ -65,9 +75,17 @@ class TrainConfig:
     # optimization
     max_steps: int = _f(12207, "optimizer steps")
     warmup_steps: int = _f(469, "steps of linear learning-rate warmup")
+    optimizer: str = _f("adamw", "adamw, or muon: Muon for the blocks' weight matrices (at --muon-lr) and AdamW "
+                                 "(at --max-lr) for the embedding, biases and gains", choices=("adamw", "muon"))
     max_lr: float = _f(6e-4, "peak learning rate, reached at the end of warmup")
-    min_lr: float = _f(6e-5, "learning rate at the last step, after cosine decay")
-    weight_decay: float = _f(0.1, "AdamW weight decay, applied to matrices only")
+    min_lr: float = _f(6e-5, "learning rate at the last step, after the decay")
+    muon_lr: float = _f(0.02, "peak learning rate of Muon's matrices (--optimizer muon); the schedule scales it "
+                              "as it scales --max-lr")
+    schedule: str = _f("cosine", "cosine (decay from the end of warmup to the last step) or wsd (warmup, stable "
+                                 "at the peak, then linear decay over the last --decay-frac of the steps)",
+                       choices=("cosine", "wsd"))
+    decay_frac: float = _f(0.4, "wsd: the fraction of the steps, at the end, over which the rate decays")
+    weight_decay: float = _f(0.1, "decoupled weight decay, applied to matrices only")
     grad_clip: float = _f(1.0, "clip the gradient's global norm to this (0: no clipping)")
     # evaluation, samples and checkpoints (0 turns an event off)
     val_every: int = _f(250, "val loss every N steps and at the end")
@@ -98,9 +116,17 @@ class TrainConfig:
                            "a whole copy on each (DDP): for a model too big for one device; needs torchrun")
 
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
-# fields that a resumed run must share with its checkpoint: they fix the model and the order of the data
-RESUME_FIELDS = MODEL_FIELDS + ("batch_size", "seq_len", "total_batch_size")
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size",
+                "rope", "qk_norm", "mlp", "logit_softcap", "zero_init_proj")
+# fields that a resumed run must share with its checkpoint: they fix the model, its optimizer's state and the
+# order of the data
+RESUME_FIELDS = MODEL_FIELDS + ("optimizer", "batch_size", "seq_len", "total_batch_size")
+DEFAULTS = TrainConfig()  # what a checkpoint written before a field existed had, in effect
+
+
+def saved_config(ckpt: dict, name: str):
+    """A field of the configuration saved in a checkpoint (its default for a field newer than the checkpoint)."""
+    return ckpt["config"].get(name, getattr(DEFAULTS, name))
 
 
 def _model_fields(name: str) -> dict:
@@ -122,12 +148,25 @@ def preset_config(name: str) -> TrainConfig:
     raise ValueError(f"unknown preset {name!r}")
 
 
+def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
+    """The preset's configuration, trained with a recipe. gpt2 changes nothing. modern is this repository's
+    choice from the public literature (README: "Recipes"); the preset's size, data and steps stay."""
+    if recipe == "gpt2":
+        return cfg
+    if recipe == "modern":
+        return replace(cfg, recipe="modern", rope=True, qk_norm=True, mlp="relu2",
+                       zero_init_proj=True, optimizer="muon", muon_lr=0.02, max_lr=6e-3, min_lr=0.0,
+                       weight_decay=0.0, schedule="wsd", decay_frac=0.4)
+    raise ValueError(f"unknown recipe {recipe!r}")
+
+
 def parse_config(argv=None) -> TrainConfig:
     """Flags -> TrainConfig: the preset's values first, then every flag given explicitly."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="seed", choices=fields(TrainConfig)[0].metadata["choices"])
+    pre.add_argument("--recipe", default="gpt2", choices=fields(TrainConfig)[1].metadata["choices"])
     known, _ = pre.parse_known_args(argv)
-    defaults = preset_config(known.preset)
+    defaults = apply_recipe(preset_config(known.preset), known.recipe)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
@@ -152,7 +191,7 @@ def parse_config(argv=None) -> TrainConfig:
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise ValueError, with the flag to change, for values that can't work together."""
     model_config(cfg)  # GPTConfig checks its own fields
-    for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "max_lr"):
+    for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "max_lr", "muon_lr"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     for name in ("warmup_steps", "min_lr", "weight_decay", "grad_clip", "val_every", "val_steps",
@@ -170,6 +209,15 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(f"--warmup-steps {cfg.warmup_steps} is more than --max-steps {cfg.max_steps}")
     if cfg.min_lr > cfg.max_lr:
         raise ValueError(f"--min-lr {cfg.min_lr} is above --max-lr {cfg.max_lr}")
+    if not 0 < cfg.decay_frac <= 1:
+        raise ValueError(f"--decay-frac must be in (0, 1], got {cfg.decay_frac}")
+    if cfg.fsdp and cfg.optimizer == "muon":
+        raise ValueError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits across the "
+                         "processes: leave out --fsdp (each process then holds the whole model), or use --optimizer adamw")
+    if cfg.init_from and not model_config(cfg).is_gpt2:
+        raise ValueError(f"--init-from {cfg.init_from} loads GPT-2's architecture: it can't have --rope, --qk-norm, "
+                         "--mlp relu2 or --logit-softcap (with --recipe modern, pass --no-rope --no-qk-norm --mlp gelu "
+                         "--logit-softcap 0 to keep its optimizer and schedule only)")
 
 
 def model_config(cfg: TrainConfig) -> GPTConfig:
@@ -366,23 +414,48 @@ class DataLoaderLite:
 # optimizer and learning-rate schedule
 
 
-def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (matmul weights, embeddings), not on biases and LayerNorm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices (matmul weights, embeddings), not on biases and LayerNorm gains.
+
+    With --optimizer muon, the blocks' weight matrices go to Muon instead (c_attn as its three matrices, q, k
+    and v), with a learning rate of muon_lr / max_lr times the schedule's: each group's "lr_scale".
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        groups = [
+            {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = device_type in ("cuda", "cpu")  # one kernel for the whole update instead of one per tensor
+        return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    hidden = {n for n, p in params if p.dim() == 2 and ".h." in f".{n}"}  # in the blocks; not wte / lm_head
+    qkv = {n for n in hidden if n.endswith("attn.c_attn.weight")}
+    scale = cfg.muon_lr / cfg.max_lr
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n in qkv], "muon": True, "split": 3, "lr_scale": scale,
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if n in hidden - qkv], "muon": True, "lr_scale": scale,
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params if p.dim() >= 2 and n not in hidden], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device_type in ("cuda", "cpu")  # one kernel for the whole update instead of one per tensor
-    return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    ns_dtype = torch.bfloat16 if device_type == "cuda" else None  # float32 where bfloat16 is emulated
+    return MuonAdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, ns_dtype=ns_dtype)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to max_lr over warmup_steps, then cosine decay to min_lr at max_steps."""
+    """Linear warmup to max_lr over warmup_steps, then the decay to min_lr at max_steps: cosine from the end
+    of warmup, or (wsd) none until the last decay_frac of the steps and linear over those."""
     if step < cfg.warmup_steps:
         return cfg.max_lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.max_steps:
         return cfg.min_lr
+    if cfg.schedule == "wsd":
+        decay_start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_frac * cfg.max_steps))
+        if step < decay_start:
+            return cfg.max_lr
+        decay_ratio = (step - decay_start) / (cfg.max_steps - decay_start)  # 0 -> 1
+        return cfg.max_lr + decay_ratio * (cfg.min_lr - cfg.max_lr)
     decay_ratio = (step - cfg.warmup_steps) / (cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
     return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
@@ -618,7 +691,7 @@ def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
 
 def model_from_checkpoint(ckpt: dict) -> GPT:
     """The model a checkpoint holds, built from the configuration saved with it."""
-    model = GPT(GPTConfig(**{k: ckpt["config"][k] for k in MODEL_FIELDS}))
+    model = GPT(GPTConfig(**{k: saved_config(ckpt, k) for k in MODEL_FIELDS}))
     model.load_state_dict(ckpt["model"])
     return model
 
@@ -788,9 +861,9 @@ def main(argv=None) -> None:
     start_step, events_done = 0, False
     if found:
         path, ckpt = found
-        mismatched = [k for k in RESUME_FIELDS if ckpt["config"].get(k) != getattr(cfg, k)]
+        mismatched = [k for k in RESUME_FIELDS if saved_config(ckpt, k) != getattr(cfg, k)]
         if mismatched:
-            diff = ", ".join(f"--{k.replace('_', '-')} {ckpt['config'].get(k)} (now {getattr(cfg, k)})" for k in mismatched)
+            diff = ", ".join(f"--{k.replace('_', '-')} {saved_config(ckpt, k)} (now {getattr(cfg, k)})" for k in mismatched)
             raise SystemExit(f"error: {path} belongs to a different run: it has {diff}")
         written_by = ckpt.get("world_size", 1)  # older checkpoints: always one process
         if written_by != world_size:
@@ -946,7 +1019,7 @@ def train_step(step, cfg, model, raw_model, optimizer, train_loader, grad_accum,
         return
     lr = get_lr(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.step()
     if device_type == "cuda":
         torch.cuda.synchronize()

@@ -1,0 +1,114 @@
+"""
+The GPT-2 recipe against the modern one (train_gpt.py --recipe gpt2 / modern): the `seed` model, the same
+data, the same token budget, several seeds; val loss on the same held-out tokens every few steps.
+
+    python bench/recipe.py --corpus ../shared/data/corpus --out-dir recipe_runs           # 2 seeds, 500k tokens
+    python bench/recipe.py --corpus ... --out-dir tune --seeds 0 --recipes modern --muon-lr 0.04   # tuning
+    python plot_log.py recipe_runs/*/ --x tokens --out recipes.png
+
+The corpus's heldout.jsonl becomes the val shard (its first --shard-size tokens), train_*.jsonl the
+training shards. Each run is a train_gpt.py process with --out-dir <out-dir>/<recipe>_seed<N>; a run whose
+log is already complete is read, not run again. The report: each recipe's final val loss (mean and
+spread over the seeds), and per seed the tokens the modern recipe took to reach the GPT-2 recipe's final
+val loss (at the first evaluation at or below it: an upper bound, to within --val-every steps).
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import fineweb  # noqa: E402
+
+
+def shard_corpus(corpus: str, out: str, shard_size: int) -> str:
+    heldout = os.path.join(corpus, "heldout.jsonl")
+    train = sorted(glob.glob(os.path.join(corpus, "train_*.jsonl")))
+    if not os.path.exists(heldout) or not train:
+        raise SystemExit(f"error: {corpus} needs heldout.jsonl and train_*.jsonl")
+    fineweb.main(["--input", heldout, *train, "--out-dir", out, "--shard-size", str(shard_size)])
+    return out
+
+
+def val_curve(run_dir: str) -> dict[int, float]:
+    """step -> val loss of a finished run (empty if it isn't one)."""
+    path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    return {e["step"]: e["val_loss"] for e in events if "val_loss" in e}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="folder with heldout.jsonl and train_*.jsonl")
+    p.add_argument("--out-dir", required=True, help="the runs' logs go to <out-dir>/<recipe>_seed<N>/")
+    p.add_argument("--tokens", type=int, default=500_000, help="training tokens per run (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per step (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="initialisation seeds (default: %(default)s)")
+    p.add_argument("--recipes", nargs="+", default=["gpt2", "modern"], choices=("gpt2", "modern"))
+    p.add_argument("--val-every", type=int, default=8, help="steps between val losses (default: %(default)s)")
+    p.add_argument("--val-steps", type=int, default=8, help="micro-batches of 4 x 512 val tokens (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=131072, help="val tokens, from heldout.jsonl (default: %(default)s)")
+    p.add_argument("--muon-lr", type=float, help="override the modern recipe's --muon-lr")
+    p.add_argument("--max-lr", type=float, help="override the modern recipe's --max-lr (its AdamW part)")
+    p.add_argument("--extra", default="", help="more train_gpt.py flags for the modern recipe, e.g. '--decay-frac 0.5'")
+    args = p.parse_args(argv)
+
+    steps = args.tokens // args.batch_tokens
+    warmup = max(1, round(steps * 469 / 12207))  # the reference run's share of warmup steps
+    shards = shard_corpus(args.corpus, os.path.join(args.out_dir, "shards"), args.shard_size)
+    curves = {}
+    for seed in args.seeds:
+        for recipe in args.recipes:
+            run = os.path.join(args.out_dir, f"{recipe}_seed{seed}")
+            cmd = [sys.executable, os.path.join(REPO, "train_gpt.py"), "--recipe", recipe, "--data-dir", shards,
+                   "--out-dir", run, "--seed", str(seed), "--max-steps", str(steps), "--warmup-steps", str(warmup),
+                   "--batch-size", "4", "--seq-len", "512", "--total-batch-size", str(args.batch_tokens),
+                   "--val-every", str(args.val_every), "--val-steps", str(args.val_steps), "--hellaswag-every", "0",
+                   "--sample-every", "0", "--checkpoint-every", "0", "--dtype", "float32"]
+            if recipe == "modern":
+                cmd += ["--muon-lr", str(args.muon_lr)] if args.muon_lr else []
+                cmd += ["--max-lr", str(args.max_lr)] if args.max_lr else []
+                cmd += args.extra.split()
+            if steps not in val_curve(run):
+                print(f"{recipe} seed {seed}: {steps} steps of {args.batch_tokens} tokens -> {run}", flush=True)
+                with open(os.path.join(args.out_dir, f"{recipe}_seed{seed}.out"), "w") as out:
+                    subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+            curves[recipe, seed] = val_curve(run)
+
+    print(f"\n`seed` model, {steps} steps x {args.batch_tokens} tokens = {steps * args.batch_tokens:,} tokens per "
+          f"run, val loss on {args.val_steps * 2048:,} held-out tokens every {args.val_every} steps")
+    result = {}
+    for recipe in args.recipes:
+        finals = [curves[recipe, s][steps] for s in args.seeds]
+        spread = f" ± {(max(finals) - min(finals)) / 2:.3f}" if len(finals) > 1 else ""
+        print(f"{recipe:>7}: final val loss {statistics.mean(finals):.3f}{spread}  "
+              f"(seeds {', '.join(f'{s}: {v:.3f}' for s, v in zip(args.seeds, finals))})")
+        result[recipe] = finals
+    if set(args.recipes) == {"gpt2", "modern"}:
+        ratios = []
+        for s in args.seeds:
+            target = curves["gpt2", s][steps]
+            reached = next((step for step, v in sorted(curves["modern", s].items()) if v <= target), None)
+            if reached is None:
+                print(f"seed {s}: the modern recipe never reached the GPT-2 recipe's {target:.3f}")
+                ratios.append(float("inf"))
+                continue
+            ratios.append(reached / steps)
+            print(f"seed {s}: modern reached gpt2's final {target:.3f} at step {reached} "
+                  f"({reached * args.batch_tokens:,} tokens): {reached / steps:.2f}x the tokens")
+        result["ratios"] = ratios
+        print(f"target <= 0.5x on every seed: {'met' if all(r <= 0.5 for r in ratios) else 'NOT met'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

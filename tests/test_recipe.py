@@ -1,0 +1,304 @@
+"""python -m pytest tests/test_recipe.py -v
+
+The modern recipe (train_gpt.py --recipe modern): Muon's orthogonalisation against a float64 SVD, its
+optimizer step, the model options (rotary positions, QK-norm, ReLU², soft-capped logits, zero-initialised
+projections) through every path that reads the model (KV-cache sampling, HellaSwag's packed scoring,
+checkpoints, exact resume, DDP), and the errors where a combination can't work.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import export_hf
+import hellaswag
+import train_gpt
+from conftest import REPO, need_shared_data
+from model import GPT, PRESETS, GPTConfig
+from optim import NS_COEFFICIENTS, MuonAdamW, orthogonalize
+from test_train import metric, read_log, train
+
+MODERN = dict(rope=True, qk_norm=True, mlp="relu2", logit_softcap=15.0, zero_init_proj=True)
+
+# -----------------------------------------------------------------------------
+# Muon
+
+
+def svd_reference(G: torch.Tensor, steps: int, coefficients, eps: float = 1e-7) -> torch.Tensor:
+    """What the Newton-Schulz iteration computes, by way of the SVD in float64: U phi(S) V^T, phi the
+    iteration's polynomial applied `steps` times to the singular values of G / (||G||_F + eps)."""
+    a, b, c = coefficients
+    U, S, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    s = S / (G.double().norm(dim=(-2, -1), keepdim=True).squeeze(-1) + eps)
+    for _ in range(steps):
+        s = a * s + b * s**3 + c * s**5
+    return U @ torch.diag_embed(s) @ Vh
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 64), (64, 24), (3, 16, 48)])
+def test_orthogonalize_matches_svd_reference(shape):
+    """Newton-Schulz keeps G's singular vectors and maps its singular values by the polynomial: equal to
+    the SVD-built reference to 1e-10 in float64 and 1e-5 in float32 (entries of size ~0.1)."""
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(shape, generator=g, dtype=torch.float64)
+    ref = svd_reference(G, 5, NS_COEFFICIENTS)
+    torch.testing.assert_close(orthogonalize(G, 5, dtype=torch.float64), ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(orthogonalize(G.float(), 5).double(), ref, rtol=0, atol=1e-5)
+    # the point of it: all singular values near 1, from a spread of about 10x (Gaussian, this shape)
+    s = torch.linalg.svdvals(orthogonalize(G.float(), 5).double())
+    assert s.min() > 0.6 and s.max() < 1.25, s
+
+
+def test_orthogonalize_converges_to_the_polar_factor():
+    """With the classic cubic coefficients (1.5, -0.5, 0) iterated to convergence, the result is U V^T, the
+    nearest semi-orthogonal matrix (to 1e-6 in float64)."""
+    G = torch.randn(40, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    X = orthogonalize(G, 60, (1.5, -0.5, 0.0), dtype=torch.float64)
+    torch.testing.assert_close(X, U @ Vh, rtol=0, atol=1e-6)
+
+
+def tiny_modern_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**vars(PRESETS["tiny"]), **MODERN}))
+
+
+def test_muon_update_is_orthogonal_and_lowers_the_loss():
+    """One step moves each hidden matrix by lr x the orthogonalised gradient, q, k and v each on its own
+    (tall matrices scaled by sqrt(rows / cols)); 30 steps on one batch bring the loss down by more than half."""
+    cfg = train_gpt.apply_recipe(train_gpt.preset_config("tiny"), "modern")
+    model = random_modern().train()  # zero-initialised projections would give q, k and v no gradient yet
+    opt = train_gpt.configure_optimizer(model, cfg, "cpu")
+    assert isinstance(opt, MuonAdamW)
+    muon = {id(p) for g in opt.param_groups if g["muon"] for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in muon}
+    assert names == {f"transformer.h.{i}.{m}.weight" for i in range(2)
+                     for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    x = torch.randint(0, 50304, (4, 64), generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    _, loss0 = model(x[:, :-1], x[:, 1:])
+    loss0.backward()
+    for g in opt.param_groups:
+        g["lr"] = cfg.max_lr * g.get("lr_scale", 1.0)
+    opt.step()
+    W = dict(model.named_parameters())
+    for name, k in (("transformer.h.0.attn.c_attn.weight", 3), ("transformer.h.1.mlp.c_fc.weight", 1)):
+        step = (before[name] - W[name].detach()) / cfg.muon_lr  # (rows, cols)
+        grad = W[name].grad.view(k, -1, 32)  # the first momentum is a multiple of the gradient
+        scale = 2.0 if k == 1 else 1.0  # c_fc is 128 x 32: sqrt(128 / 32)
+        torch.testing.assert_close(step.view(k, -1, 32), scale * orthogonalize(grad), rtol=0, atol=1e-5)
+        s = torch.linalg.svdvals((step.view(k, -1, 32) / scale).double())
+        assert s.median() > 0.7 and s.max() < 1.25, (name, s)  # most directions move by about the same
+    for _ in range(29):
+        opt.zero_grad()
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+        opt.step()
+    assert loss.item() < loss0.item() / 2, (loss0.item(), loss.item())
+
+
+def test_muon_takes_matrices_only():
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}])
+
+# -----------------------------------------------------------------------------
+# the model's options
+
+
+def test_modern_seed_model_size():
+    """--recipe modern keeps the seed preset's size within 10% (it drops the position table)."""
+    gpt2 = GPT(PRESETS["seed"]).num_params()
+    cfg = train_gpt.apply_recipe(train_gpt.preset_config("seed"), "modern")
+    modern = GPT(train_gpt.model_config(cfg)).num_params()
+    assert modern == gpt2 - 1024 * 256 and abs(modern / gpt2 - 1) < 0.1
+
+
+def test_modern_options_change_the_function():
+    """Each option alone changes the logits of the GPT-2 model with the same weights (none is a no-op)."""
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(**vars(PRESETS["tiny"])))
+    x = torch.randint(0, 50304, (2, 20))
+    ref = base(x)[0]
+    for option, value in [("rope", True), ("qk_norm", True), ("mlp", "relu2"), ("logit_softcap", 2.0)]:
+        model = GPT(GPTConfig(**{**vars(PRESETS["tiny"]), option: value}))
+        sd = {k: v for k, v in base.state_dict().items() if not (option == "rope" and "wpe" in k)}
+        model.load_state_dict(sd)
+        assert not torch.allclose(model(x)[0], ref, atol=1e-4), option
+    assert GPT(GPTConfig(**{**vars(PRESETS["tiny"]), "logit_softcap": 2.0}))(x)[0].abs().max() <= 2.0
+
+
+def test_rotary_attention_depends_on_relative_position():
+    """With rotary positions and no position table, shifting every position by the same amount changes nothing."""
+    model = tiny_modern_model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # the zero-initialised projections too
+        x = torch.randint(0, 50304, (2, 16))
+        pos = torch.arange(16)
+        a = model.hidden_states(x, pos=pos.expand(2, 16), attn_mask=torch.ones(2, 1, 16, 16, dtype=torch.bool).tril())
+        b = model.hidden_states(x, pos=(pos + 20).expand(2, 16),
+                                attn_mask=torch.ones(2, 1, 16, 16, dtype=torch.bool).tril())
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a, model.hidden_states(x), rtol=1e-5, atol=1e-5)  # (T,) positions: the same
+
+
+def test_zero_init_projections_start_as_identity_blocks():
+    model = tiny_modern_model()
+    for block in model.transformer.h:
+        assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
+        assert block.attn.c_attn.weight.std() > 0.01
+
+
+def random_modern(seed=0) -> GPT:
+    """A tiny modern model with every weight random (zero-initialised projections would hide attention)."""
+    model = tiny_modern_model(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def test_modern_kv_cache_samples_the_same_tokens():
+    """Sampling with the KV cache draws the tokens of full recompute, past the context too (rotary keys are
+    cached after rotation; once the context is full both recompute the window)."""
+    model = random_modern()
+    idx = torch.randint(0, 50304, (2, 10))
+    cached = model.generate(idx, 70, top_k=50, generator=torch.Generator().manual_seed(3))
+    full = model.generate(idx, 70, top_k=50, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert cached.size(1) == 80 > model.config.block_size
+    assert torch.equal(cached, full)
+
+
+def test_modern_hellaswag_fast_path_matches_full_logits():
+    """HellaSwag's packed rows (per-token positions, rotary) and head at scored positions only (soft-capped
+    like the model's logits) equal scoring four rows with the model's full logits."""
+    from test_hellaswag import VAL, small_gpt
+    enc = __import__("tokenizer").get_encoding()
+    model = small_gpt(**MODERN)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    examples = hellaswag.load_examples(str(need_shared_data(VAL)), limit=6)
+    packed = hellaswag.score_examples(model, examples, enc, batch_size=3)
+    full = hellaswag.score_examples(lambda idx: model(idx)[0], examples, enc, batch_size=3)
+    torch.testing.assert_close(packed, full)
+    buf = torch.empty(hellaswag.HEAD_CHUNK, model.lm_head.out_features)  # the CPU path's reused buffer
+    h = torch.randn(7, 32)
+    y = torch.randint(0, 50304, (7,))
+    with torch.no_grad():
+        torch.testing.assert_close(hellaswag.head_losses(model.lm_head, h, y, buf, softcap=15.0),
+                                   hellaswag.head_losses(model.lm_head, h, y, softcap=15.0))
+
+# -----------------------------------------------------------------------------
+# training with --recipe modern
+
+
+def test_recipe_sets_its_flags_and_flags_override_it():
+    cfg = train_gpt.parse_config(["--recipe", "modern", "--muon-lr", "0.05", "--no-qk-norm"])
+    assert (cfg.rope, cfg.qk_norm, cfg.mlp, cfg.optimizer, cfg.schedule, cfg.muon_lr) == (
+        True, False, "relu2", "muon", "wsd", 0.05)
+    assert (cfg.n_layer, cfg.max_steps, cfg.total_batch_size) == (4, 12207, 32768)  # the preset's own
+    assert train_gpt.parse_config([]) == train_gpt.TrainConfig()  # the default is the reference run, unchanged
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--recipe", "modern", "--fsdp"], "--optimizer muon orthogonalises whole weight matrices"),
+    (["--recipe", "modern", "--init-from", "gpt2"], "--init-from gpt2 loads GPT-2's architecture"),
+    (["--decay-frac", "0"], "--decay-frac must be in \\(0, 1\\], got 0.0"),
+    (["--mlp", "swish"], None),
+])
+def test_recipe_flag_errors_are_one_line(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_gpt.parse_config(flags)
+    text = str(e.value) if message else capsys.readouterr().err
+    assert "\n" not in text.strip() or not message
+    assert (message is None and "invalid choice: 'swish'" in text) or (message and "error: " in text and
+                                                                       __import__("re").search(message, text))
+
+
+def test_wsd_schedule():
+    cfg = train_gpt.TrainConfig(schedule="wsd", max_steps=100, warmup_steps=10, decay_frac=0.4, max_lr=1.0, min_lr=0.0)
+    lrs = [train_gpt.get_lr(s, cfg) for s in range(100)]
+    assert lrs[0] == 0.1 and lrs[9] == 1.0
+    assert all(lr == 1.0 for lr in lrs[10:60])  # stable
+    assert lrs[60] == 1.0 and lrs[61] < 1.0 and abs(lrs[80] - 0.5) < 1e-12 and lrs[99] == pytest.approx(0.025)
+    assert all(a >= b for a, b in zip(lrs[60:], lrs[61:]))
+
+
+@pytest.fixture(scope="module")
+def modern_run(corpus_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("modern")
+    train(corpus_shards, out, "--recipe", "modern", "--logit-softcap", "15", "--max-steps", "12",
+          "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "4", "--sample-every", "12",
+          "--num-samples", "1")
+    return out
+
+
+def test_modern_run_learns_and_resumes_exactly(corpus_shards, modern_run, tmp_path):
+    """The modern recipe trains (val loss falls), and a run stopped at a checkpoint and resumed logs the same
+    losses and ends with the same weights, Muon's momentum included."""
+    log = read_log(modern_run)
+    val = metric(log, "val_loss")
+    assert val[12] < val[0] - 1.0, val
+    import shutil
+    shutil.copytree(modern_run, tmp_path / "b")
+    (tmp_path / "b" / "ckpt_000012.pt").unlink()
+    train(corpus_shards, tmp_path / "b", "--recipe", "modern", "--logit-softcap", "15", "--max-steps", "12",
+          "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "4", "--sample-every", "12",
+          "--num-samples", "1", "--resume")
+    log_b = read_log(tmp_path / "b")
+    assert metric(log, "train_loss") == metric(log_b, "train_loss")
+    assert metric(log, "val_loss") == metric(log_b, "val_loss")
+    a = torch.load(modern_run / "ckpt_000012.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt_000012.pt", weights_only=True)
+    assert a["optimizer"]["param_groups"][0]["muon"] is True
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_modern_checkpoint_serves_every_tool(corpus_shards, modern_run, tmp_path, capfd):
+    """generate.py and hellaswag.py read the modern checkpoint; export_hf.py refuses it with one line; a
+    --recipe gpt2 resume of it is refused, naming the flags that differ."""
+    import generate
+    samples = generate.main(["--checkpoint", str(modern_run), "--prompt", "Hello", "--max-new-tokens", "5",
+                             "--num-samples", "1", "--seed", "1", "--device", "cpu"])
+    assert len(samples) == 1 and samples[0].startswith("Hello") and len(samples[0]) > len("Hello")
+    data = need_shared_data("hellaswag/hellaswag_val_preprocessed.jsonl")
+    hellaswag.main(["--checkpoint", str(modern_run), "--data", str(data), "--limit", "8", "--device", "cpu"])
+    assert "acc_norm" in capfd.readouterr().out
+    with pytest.raises(SystemExit, match=r"^error: .* is not a GPT-2 model \(rotary positions, QK-norm, a ReLU² MLP, "
+                                         r"soft-capped logits: --recipe modern\)"):
+        export_hf.main(["--checkpoint", str(modern_run), "--out", str(tmp_path / "hf")])
+    import shutil
+    shutil.copytree(modern_run, tmp_path / "run")
+    with pytest.raises(SystemExit, match="--rope True \\(now False\\), --qk-norm True \\(now False\\)"):
+        train(corpus_shards, tmp_path / "run", "--max-steps", "20", "--resume")
+
+
+def test_old_checkpoints_still_load(corpus_shards, tmp_path):
+    """A checkpoint written before the recipe's fields existed is a GPT-2 one: it loads and resumes."""
+    train(corpus_shards, tmp_path / "run", "--max-steps", "4", "--warmup-steps", "1", "--checkpoint-every", "2",
+          "--val-every", "0")
+    path = tmp_path / "run" / "ckpt_000004.pt"
+    ckpt = train_gpt.load_checkpoint(str(path))
+    for k in ("recipe", "rope", "qk_norm", "mlp", "logit_softcap", "zero_init_proj", "optimizer", "muon_lr",
+              "schedule", "decay_frac"):
+        del ckpt["config"][k]
+    train_gpt.save_checkpoint(str(path), ckpt)
+    assert train_gpt.model_from_checkpoint(train_gpt.load_checkpoint(str(path))).config.is_gpt2
+    train(corpus_shards, tmp_path / "run", "--max-steps", "6", "--warmup-steps", "1", "--checkpoint-every", "2",
+          "--val-every", "0", "--resume")
+    assert (tmp_path / "run" / "ckpt_000006.pt").exists()
+
+
+def test_ddp_modern_trains_like_one_process(corpus_shards, tmp_path):
+    """Two processes (DDP, gloo) with Muon take the steps of one: each orthogonalises the same averaged
+    gradient."""
+    from test_distributed import FLAGS, assert_same_training, train_ok
+    flags = ["--recipe", "modern", "--warmup-steps", "2"]
+    train_gpt.main([*FLAGS, *flags, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path / "one")])
+    train_ok(corpus_shards, tmp_path / "two", *flags)
+    assert_same_training(tmp_path / "one", tmp_path / "two")
