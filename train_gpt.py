@@ -155,7 +155,7 @@ def apply_recipe(cfg: TrainConfig, recipe: str) -> TrainConfig:
         return cfg
     if recipe == "modern":
         return replace(cfg, recipe="modern", rope=True, qk_norm=True, mlp="relu2",
-                       zero_init_proj=True, optimizer="muon", muon_lr=0.02, max_lr=6e-3, min_lr=0.0,
+                       zero_init_proj=True, optimizer="muon", muon_lr=0.02, max_lr=3e-3, min_lr=0.0,
                        weight_decay=0.0, schedule="wsd", decay_frac=0.4)
     raise ValueError(f"unknown recipe {recipe!r}")
 
