@@ -168,10 +168,7 @@ def main(argv=None) -> str:
     name, ckpt = open_checkpoint(args.checkpoint)  # SystemExit with one line for a missing or bad checkpoint
     model = model_from_checkpoint(ckpt)
     if not model.config.is_gpt2:
-        c = model.config
-        parts = [what for what, on in (("rotary positions", c.rope), ("QK-norm", c.qk_norm),
-                                        ("a ReLU² MLP", c.mlp != "gelu"), ("soft-capped logits", c.logit_softcap)) if on]
-        raise SystemExit(f"error: {name} is not a GPT-2 model ({', '.join(parts)}: --recipe modern), and Hugging "
+        raise SystemExit(f"error: {name} is not a GPT-2 model ({', '.join(model.config.departures())}: --recipe modern), and Hugging "
                          "Face's GPT-2 can't compute it; export works for --recipe gpt2 checkpoints")
     if model.config.vocab_size < N_VOCAB:
         raise SystemExit(f"error: {name} has a vocabulary of {model.config.vocab_size:,} rows, fewer than "

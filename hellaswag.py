@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import GPT, GPT2_NAMES
+from model import GPT, GPT2_NAMES, softcap as cap_logits
 from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -299,10 +299,7 @@ def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
     model's logit_softcap (GPTConfig), applied to the logits as the model does.
     """
     if buf is None:
-        def logits_of(hc):
-            logits = lm_head(hc).float()
-            return softcap * torch.tanh(logits / softcap) if softcap else logits
-        return torch.cat([F.cross_entropy(logits_of(hc), yc, reduction="none")
+        return torch.cat([F.cross_entropy(cap_logits(lm_head(hc), softcap).float(), yc, reduction="none")
                           for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
     losses = []
     for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK)):

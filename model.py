@@ -45,10 +45,16 @@ class GPTConfig:
         if self.logit_softcap < 0:
             raise ValueError(f"logit_softcap can't be negative, got {self.logit_softcap}")
 
+    def departures(self) -> list[str]:
+        """What of GPT-2's architecture this config changes, in words (zero_init_proj only changes the start)."""
+        changes = (("rotary positions", self.rope), ("QK-norm", self.qk_norm), ("a ReLU² MLP", self.mlp != "gelu"),
+                   ("soft-capped logits", self.logit_softcap))
+        return [what for what, on in changes if on]
+
     @property
     def is_gpt2(self) -> bool:
         """Whether this is GPT-2's architecture (what Hugging Face's GPT2LMHeadModel computes)."""
-        return not (self.rope or self.qk_norm or self.mlp != "gelu" or self.logit_softcap)
+        return not self.departures()
 
 
 PRESETS = {
@@ -303,8 +309,7 @@ class GPT(nn.Module):
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits as the model outputs them: bounded by logit_softcap where it is set (in float32 then)."""
-        c = self.config.logit_softcap
-        return c * torch.tanh(logits.float() / c) if c else logits
+        return softcap(logits, self.config.logit_softcap)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size) and the mean loss (or None)."""
@@ -353,6 +358,11 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next
             yield idx_next
+
+
+def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
+    """c * tanh(logits / c), in float32: the logits smoothly bounded by c. c = 0: the logits unchanged."""
+    return c * torch.tanh(logits.float() / c) if c else logits
 
 
 def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
