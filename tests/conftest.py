@@ -1,16 +1,36 @@
-"""Shared fixtures. The real data lives beside the repository in ../shared/data (or $SHARED_DATA_DIR)."""
+"""Shared fixtures and helpers of the tests.
+
+The data the tests read ships with them in tests/data (its README says where each file comes from), so a
+fresh clone runs the whole suite offline. Tests that start processes, compile or take long are marked `slow`:
+
+    python -m pytest tests/ -q -m "not slow"   # the developer's loop, under a minute
+    python -m pytest tests/ -q                 # everything, as CI runs it
+"""
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the scripts are top-level modules
-SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", REPO.parent / "shared" / "data"))
+DATA = Path(__file__).resolve().parent / "data"
+CORPUS = DATA / "corpus.jsonl"  # 56 public-domain documents, 101,000 GPT-2 tokens
+HELLASWAG = DATA / "hellaswag.jsonl"  # the first 400 HellaSwag validation examples
+
+from model import GPT, GPTConfig  # noqa: E402 (after the path above)
+
+TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)  # seconds on a CPU; the tiny preset's model
+# every departure from GPT-2 that --recipe modern turns on
+MODERN = dict(rope=True, qk_norm=True, mlp="relu2", logit_softcap=15.0, zero_init_proj=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes (subprocess, torchrun, signals), compiles, or runs "
+                                       "long; deselect with -m 'not slow'")
 
 
 @pytest.fixture(autouse=True)
@@ -36,33 +56,165 @@ def _hf_cache_in_tmp(tmp_path_factory):
             mp.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
         yield
 
-
-def need_shared_data(relpath: str) -> Path:
-    """A file of the shared data; in CI its absence fails the test instead of skipping it."""
-    path = SHARED_DATA / relpath
-    if not path.exists():
-        msg = f"shared data missing: {path} (set SHARED_DATA_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+# -----------------------------------------------------------------------------
+# data
 
 
 @pytest.fixture(scope="session")
-def corpus_slice(tmp_path_factory) -> Path:
-    """The first 40 documents of the shared corpus's first training file (~100k tokens), as jsonl."""
-    src = need_shared_data("corpus/train_00.jsonl")
-    out = tmp_path_factory.mktemp("corpus") / "slice.jsonl"
-    with open(src) as f, open(out, "w") as g:
-        for _, line in zip(range(40), f):
-            g.write(json.dumps({"text": json.loads(line)["text"]}) + "\n")
-    return out
+def corpus_slice() -> Path:
+    """tests/data/corpus.jsonl: 56 public-domain documents (~100k tokens), one JSON object a line."""
+    return CORPUS
 
 
 @pytest.fixture(scope="session")
-def corpus_shards(corpus_slice, tmp_path_factory) -> Path:
-    """corpus_slice through fineweb.py: one 16k-token val shard and several train shards."""
+def hellaswag_data() -> Path:
+    """tests/data/hellaswag.jsonl: the first 400 HellaSwag validation examples."""
+    return HELLASWAG
+
+
+@pytest.fixture(scope="session")
+def corpus_shards(tmp_path_factory) -> Path:
+    """The corpus through fineweb.py: one 16k-token val shard and six train shards."""
     import fineweb
     out = tmp_path_factory.mktemp("shards")
-    fineweb.main(["--input", str(corpus_slice), "--out-dir", str(out), "--shard-size", "16384", "--workers", "1"])
+    fineweb.main(["--input", str(CORPUS), "--out-dir", str(out), "--shard-size", "16384", "--workers", "1"])
     return out
+
+# -----------------------------------------------------------------------------
+# training runs and their logs
+
+
+def train(shards, out, *flags) -> None:
+    """A tiny-preset run of train_gpt.main in this process, on CPU in float32 (bit-reproducible)."""
+    import train_gpt
+    train_gpt.main(["--preset", "tiny", "--data-dir", str(shards), "--out-dir", str(out), "--dtype", "float32",
+                    "--device", "cpu", *flags])
+
+
+def read_log(out) -> list[dict]:
+    """The entries of out/log.jsonl, in order."""
+    with open(Path(out) / "log.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def metric(log: list[dict], name: str) -> dict[int, float]:
+    """step -> value of one logged metric."""
+    return {e["step"]: e[name] for e in log if name in e}
+
+
+def logged(out) -> dict:
+    """What a resumed run must log as the uninterrupted one did: train and val losses and samples, keyed by
+    (name, step); none may be logged twice."""
+    got = {}
+    for e in read_log(out):
+        for name in ("train_loss", "val_loss", "samples"):
+            if name in e:
+                assert (name, e["step"]) not in got, f"{name} logged twice at step {e['step']}"
+                got[(name, e["step"])] = e[name]
+    return got
+
+
+def assert_equal_state(a, b, where="") -> None:
+    """Two (nested) state dicts hold the same keys and bit-identical tensors and values."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_equal_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):  # (a loaded optimizer may hold its betas as a list)
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_state(x, y, f"{where}/{i}")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def assert_same_run(ref, out, last_step: int) -> None:
+    """Run `out` (stopped and resumed) is run `ref` (uninterrupted), bit for bit: every step trained once, the
+    same train and val losses and samples, and the same weights and optimizer state in the last checkpoint."""
+    assert logged(out) == logged(ref)
+    assert [e["step"] for e in read_log(out) if "train_loss" in e] == list(range(last_step))
+    name = f"ckpt_{last_step:06d}.pt"
+    a = torch.load(Path(ref) / name, weights_only=True)
+    b = torch.load(Path(out) / name, weights_only=True)
+    assert_equal_state(a["model"], b["model"], "model")
+    assert_equal_state(a["optimizer"], b["optimizer"], "optimizer")
+
+def write_model_checkpoint(out, model: GPT, cfg, step: int) -> Path:
+    """An out dir holding one checkpoint of `model` (trained with TrainConfig cfg), as train_gpt.py writes it,
+    with no optimizer, loader or random state: what generate.py, hellaswag.py and export_hf.py read."""
+    from dataclasses import asdict
+
+    from checkpoint import checkpoint_path, save_checkpoint
+    save_checkpoint(checkpoint_path(str(out), step), {
+        "model": model.state_dict(), "optimizer": {}, "step": step, "events_done": True, "config": asdict(cfg),
+        "train_loader": {}, "rng": {}, "log_bytes": 0})
+    return Path(out)
+
+# -----------------------------------------------------------------------------
+# models
+
+
+def small_gpt(**options) -> GPT:
+    """A random GPT that reads every HellaSwag example whole (the longest of tests/data is 96 tokens, of the
+    whole validation set 149)."""
+    return GPT(GPTConfig(**{**dict(block_size=160, n_layer=2, n_head=2, n_embd=32), **options})).eval()
+
+
+def random_model(config: GPTConfig = TINY, seed: int = 0, scale: float = 0.1) -> GPT:
+    """A model of `config` with every weight moved off its init by N(0, scale): zero-initialised projections
+    (--recipe modern) would hide attention, zero biases and unit LayerNorms a mix-up of them."""
+    torch.manual_seed(seed)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model.eval()
+
+
+# HellaSwag: the first validation example, as written in the file
+ITEM = {"ctx": "A man is sitting on a roof. he", "label": 3, "activity_label": "Roof shingle removal",
+        "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
+
+# A model whose HellaSwag losses are known in advance: logits depend on the input token only, and each row of
+# its table is a normalised log-distribution, so the loss of token j after token i is -table[i, j].
+
+WORDS = {"c": 0, "x": 1, "y": 2, "z": 3, "w": 4}  # id 5 takes the probability mass left over
+LOSS = {("c", "x"): 2.0, ("c", "y"): 1.5, ("c", "z"): 3.0, ("c", "w"): 2.5,
+        ("y", "z"): 1.5, ("w", "w"): 2.5, ("x", "x"): 0.5}  # every other word pair: 6.0
+
+
+class WordEncoding:
+    """Stands in for the tokenizer: one token per space-separated word."""
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return [WORDS[w] for w in text.split()]
+
+
+class BigramModel(nn.Module):
+    """tokens (B, T) -> logits (B, T, 6): row `token` of a fixed table of log-probabilities."""
+
+    def __init__(self):
+        super().__init__()
+        table = torch.full((6, 6), -6.0)
+        for (a, b), loss in LOSS.items():
+            table[WORDS[a], WORDS[b]] = -loss
+        table[:, 5] = torch.log(1 - table[:, :5].exp().sum(1))  # the rest of each row's mass
+        self.register_buffer("table", table)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[idx]
+
+
+CRAFTED = [
+    # sums 2, 3, 3, 5 pick ending 0; means 2, 1.5, 3, 2.5 pick ending 1, the right one
+    {"ctx": "c", "endings": ["x", "y z", "z", "w w"], "label": 1},
+    # one token each: sums = means = 3, 1.5, 2.5, 2; both pick ending 1, right
+    {"ctx": "c", "endings": ["z", "y", "w", "x"], "label": 1},
+    # a context of two tokens: the ending is scored after its last one, "x"; losses 0.5, 6, 6, 6
+    {"ctx": "c x", "endings": ["x", "y", "z", "w"], "label": 2},
+]
+CRAFTED_SUMS = [[2.0, 3.0, 3.0, 5.0], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
+CRAFTED_MEANS = [[2.0, 1.5, 3.0, 2.5], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]

@@ -6,6 +6,7 @@ the document readers as ShardError and InputError, never as anything else.
 """
 
 import atexit
+import contextlib
 import errno
 import json
 import os
@@ -65,14 +66,17 @@ def crash_at_write(monkeypatch, k: int) -> None:
     calls = [0]
     real = fineweb.atomic_write
 
-    def atomic_write(path, *chunks):
+    @contextlib.contextmanager
+    def atomic_write(path, **kw):
         calls[0] += 1
-        if calls[0] == k:
-            data = b"".join(chunks)
-            with open(path + ".tmp", "wb") as f:
-                f.write(data[:len(data) // 2])
-            raise Killed
-        real(path, *chunks)
+        if calls[0] != k:
+            with real(path, **kw) as tmp:
+                yield tmp
+            return
+        yield path + ".tmp"  # the whole file is written there ...
+        with open(path + ".tmp", "r+b") as f:
+            f.truncate(os.path.getsize(path + ".tmp") // 2)  # ... and cut in half by the crash, before the rename
+        raise Killed
     monkeypatch.setattr(fineweb, "atomic_write", atomic_write)
 
 # -----------------------------------------------------------------------------
@@ -99,6 +103,7 @@ def kill_when(proc, out, moment, rng, sig) -> str:
     return f"{sig!r} at {moment}: {len(list(out.glob('*.bin')))} shards on disk, exit status {proc.returncode}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment,workers,sig", [
     (("shards", 1), "1", signal.SIGKILL),
     (("shards", 4), "2", signal.SIGKILL),
@@ -329,6 +334,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not line.startswith("tokenizing")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content,workers,message", [
     ('{"text": "fine"}\n' * 50 + '{"text": ["a", "list"]}\n', "2", "{path}, line 51: 'text' is an array, not a string"),
     ('null\n{"text": "fine"}\n', "1", "{path}, line 1: null, not an object with a 'text' field"),
@@ -391,11 +397,11 @@ def test_read_shard_hostile_bytes(tmp_path_factory, data):
 
 
 def read_documents(tmp_path_factory, name: str, data: bytes) -> list[str] | None:
-    """iter_documents on one file holding data: its documents, or None where it raised InputError."""
+    """The documents of one file holding data (read and parsed in this process), or None where it raised InputError."""
     path = tmp_path_factory.mktemp("docs") / name
     path.write_bytes(data)
     try:
-        docs = list(fineweb.iter_documents([str(path)]))
+        docs = [t for item in fineweb.iter_work([str(path)]) for t in fineweb.item_texts(item)]
     except InputError as e:
         assert str(path) in str(e) and "\n" not in str(e)
         return None

@@ -1,4 +1,9 @@
-"""python -m pytest tests/test_generate.py -v"""
+"""python -m pytest tests/test_generate.py -v
+
+Sampling: the KV cache against full recompute, the top-k / top-p / padding filters, the streaming of
+generate.py (whole UTF-8 characters), and its command-line errors. generate.py on a trained checkpoint is
+tested in test_train.py.
+"""
 
 import io
 
@@ -6,11 +11,10 @@ import pytest
 import torch
 
 import generate
-from model import GPT, PRESETS, GPTConfig, KVCache, sample_next
+from conftest import MODERN, TINY, random_model
+from generate import sample_text
+from model import GPT, GPTConfig, KVCache, sample_next
 from tokenizer import get_encoding
-from train_gpt import sample_text
-
-TINY = PRESETS["tiny"]  # block_size 64
 
 
 def test_cached_logits_match_full_forward():
@@ -27,30 +31,32 @@ def test_cached_logits_match_full_forward():
     assert cache[0].len == 40
 
 
-@pytest.mark.parametrize("prompt_len,new", [(1, 30), (10, 90)])  # 10 + 90 runs past the 64-token context
-def test_cache_samples_the_same_tokens_as_recompute(prompt_len, new):
-    """With the same seed, sampling with the KV cache draws exactly the tokens of full recompute,
-    also once the sequence is longer than the context."""
-    model = GPT(TINY).eval()
-    idx = torch.randint(0, 50257, (4, prompt_len))
-    kw = dict(top_k=50, n_vocab=50257)
-    a = model.generate(idx, new, generator=torch.Generator().manual_seed(7), use_cache=True, **kw)
-    b = model.generate(idx, new, generator=torch.Generator().manual_seed(7), use_cache=False, **kw)
-    assert a.shape == (4, prompt_len + new)
-    assert torch.equal(a, b)
-
-
-def test_trained_like_model_cache_equals_recompute():
-    """On a model with sharper (less uniform) predictions, cache and recompute still agree token for token."""
+def peaked_model() -> GPT:
+    """A model with sharp (less uniform) predictions, like a trained model's."""
     torch.manual_seed(3)
     model = GPT(GPTConfig(block_size=128, vocab_size=512, n_layer=3, n_head=4, n_embd=64)).eval()
     with torch.no_grad():
-        model.lm_head.weight.mul_(20)  # peaked distributions, like a trained model's
-    idx = torch.randint(0, 512, (2, 5))
-    for top_p in (None, 0.9):
-        a = model.generate(idx, 100, top_p=top_p, generator=torch.Generator().manual_seed(1))
-        b = model.generate(idx, 100, top_p=top_p, generator=torch.Generator().manual_seed(1), use_cache=False)
-        assert torch.equal(a, b)
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+@pytest.mark.parametrize("make_model,prompt_len,new,kw", [
+    (lambda: GPT(TINY).eval(), 1, 30, dict(top_k=50, n_vocab=50257)),
+    (lambda: GPT(TINY).eval(), 10, 90, dict(top_k=50, n_vocab=50257)),  # 100 tokens: past the 64-token context
+    (peaked_model, 5, 100, dict()),
+    (peaked_model, 5, 100, dict(top_p=0.9)),
+    # rotary keys are cached after rotation; past the context both recompute the window
+    (lambda: random_model(GPTConfig(**{**vars(TINY), **MODERN})), 10, 70, dict(top_k=50)),
+], ids=["gpt2", "gpt2 past the context", "peaked", "peaked top_p", "modern past the context"])
+def test_cache_samples_the_same_tokens_as_recompute(make_model, prompt_len, new, kw):
+    """With the same seed, sampling with the KV cache draws exactly the tokens of full recompute: GPT-2 and the
+    modern options, uniform and peaked predictions, also once the sequence is longer than the context."""
+    model = make_model()
+    idx = torch.randint(0, model.config.vocab_size, (2, prompt_len))
+    a = model.generate(idx, new, generator=torch.Generator().manual_seed(7), use_cache=True, **kw)
+    b = model.generate(idx, new, generator=torch.Generator().manual_seed(7), use_cache=False, **kw)
+    assert a.shape == (2, prompt_len + new)
+    assert torch.equal(a, b)
 
 
 def test_cache_refuses_overflow_and_chunks():
@@ -96,13 +102,19 @@ def test_top_k_and_padding_filters():
     assert set(sample_next(logits, top_k=1, generator=g).unique().tolist()) == {4}
 
 
-def test_sample_text_same_seed_same_text():
-    """sample_text: the same seed gives the same samples, with the cache as without."""
+def test_sample_text_is_seeded_sampling():
+    """sample_text draws, from its own generator seeded with `seed`, the tokens that sampling without the cache
+    draws from that seed; the global random state is left alone."""
     model = GPT(TINY)
     enc = get_encoding()
-    a = sample_text(model, enc, "Hello", 2, 10, top_k=50, seed=5, device="cpu")
-    b = sample_text(model, enc, "Hello", 2, 10, top_k=50, seed=5, device="cpu")
-    assert a == b and all(s.startswith("Hello") for s in a)
+    rng = torch.get_rng_state()
+    got = sample_text(model, enc, "Hello", 2, 10, top_k=50, seed=5, device="cpu")
+    assert torch.equal(torch.get_rng_state(), rng)
+    idx = torch.tensor([enc.encode_ordinary("Hello")] * 2)
+    want = model.eval().generate(idx, 10, top_k=50, n_vocab=enc.n_vocab, generator=torch.Generator().manual_seed(5),
+                                 use_cache=False)
+    assert got == [enc.decode(row.tolist()) for row in want]
+    assert got[0] != got[1] and all(s.startswith("Hello") for s in got)
 
 
 def test_stream_sample_prints_what_sample_text_returns():
@@ -117,18 +129,48 @@ def test_stream_sample_prints_what_sample_text_returns():
     assert out.getvalue() == whole + "\n"
 
 
+class Scripted(torch.nn.Module):
+    """Stands in for the GPT in sampling: it streams fixed token ids, whatever the prompt and the seed."""
+
+    def __init__(self, ids: list[int]):
+        super().__init__()
+        self.ids = ids
+
+    def stream(self, idx, max_new_tokens, **kw):
+        for i in self.ids[:max_new_tokens]:
+            yield torch.tensor([[i]])
+
+
+class Writes(io.StringIO):
+    """A stdout that keeps each write apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return super().write(s)
+
+
 def test_stream_sample_splits_utf8_safely():
-    """A character whose bytes span two tokens is printed once whole, never as a replacement mark."""
+    """A character whose bytes span two tokens is printed once, whole, in one write; never a replacement mark."""
     enc = get_encoding()
-    text = "naïve café — 日本語"
+    text = " naïve café — 日本語 🙂"
     ids = enc.encode_ordinary(text)
-    assert any(not _valid_utf8(enc.decode_single_token_bytes(i)) for i in ids)  # some token splits a character
-    import codecs
-    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    assert "".join(utf8.decode(enc.decode_single_token_bytes(i)) for i in ids) + utf8.decode(b"", final=True) == text
+    pieces = [enc.decode_single_token_bytes(i) for i in ids]
+    split = [p for p in pieces if not _is_utf8(p)]
+    assert len(split) >= 2  # some tokens end or start inside a character
+    out = Writes()
+    got = generate.stream_sample(Scripted(ids), enc, "Hello", len(ids), top_k=None, top_p=None, seed=0,
+                                 device="cpu", dtype=torch.float32, out=out)
+    assert got == "Hello" + text and out.getvalue() == "Hello" + text + "\n"
+    assert not any("\ufffd" in w for w in out.writes)
+    for char in "ïé—日本語🙂":
+        assert sum(char in w for w in out.writes) == 1, char  # printed in one piece, once
 
 
-def _valid_utf8(b: bytes) -> bool:
+def _is_utf8(b: bytes) -> bool:
     try:
         b.decode("utf-8")
         return True

@@ -1,4 +1,9 @@
-"""python -m pytest tests/test_hellaswag.py -v"""
+"""python -m pytest tests/test_hellaswag.py -v
+
+hellaswag.py: loading and checking the data, the cached download (against a local HTTP server), rendering
+and packing, scoring against known losses and against the model's full logits, ranks and processes, and
+the command line.
+"""
 
 import functools
 import http.server
@@ -12,76 +17,25 @@ from dataclasses import asdict
 
 import pytest
 import torch
-import torch.nn as nn
 
 import hellaswag
-from conftest import REPO, need_shared_data
+from conftest import (CRAFTED, CRAFTED_MEANS, CRAFTED_SUMS, HELLASWAG, ITEM, MODERN, REPO, BigramModel,
+                      WordEncoding, small_gpt, write_model_checkpoint)
 from hellaswag import HellaSwagError, evaluate, load_examples, render_example, score_examples, val_file
-from model import GPT, GPTConfig
+from model import GPT
 from tokenizer import get_encoding
-
-VAL = "hellaswag/hellaswag_val_preprocessed.jsonl"
-
-ITEM = {"ctx": "A man is sitting on a roof. he", "label": 3, "activity_label": "Roof shingle removal",
-        "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
-
 
 @pytest.fixture(scope="module")
 def enc():
+    """GPT-2's tokenizer."""
     return get_encoding()
 
 
 def write_jsonl(path, items) -> str:
+    """items as a .jsonl file at path; its name."""
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
     return str(path)
 
-
-def small_gpt(**kw) -> GPT:
-    """A random GPT that reads every HellaSwag example whole (the longest is 149 tokens)."""
-    return GPT(GPTConfig(**{**dict(block_size=160, n_layer=2, n_head=2, n_embd=32), **kw})).eval()
-
-# -----------------------------------------------------------------------------
-# a model whose losses are known in advance: logits depend on the input token only, and each row of
-# its table is a normalised log-distribution, so the loss of token j after token i is -table[i, j]
-
-WORDS = {"c": 0, "x": 1, "y": 2, "z": 3, "w": 4}  # id 5 takes the probability mass left over
-LOSS = {("c", "x"): 2.0, ("c", "y"): 1.5, ("c", "z"): 3.0, ("c", "w"): 2.5,
-        ("y", "z"): 1.5, ("w", "w"): 2.5, ("x", "x"): 0.5}  # every other word pair: 6.0
-
-
-class WordEncoding:
-    """Stands in for the tokenizer: one token per space-separated word."""
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        return [WORDS[w] for w in text.split()]
-
-
-class BigramModel(nn.Module):
-    """tokens (B, T) -> logits (B, T, 6): row `token` of a fixed table of log-probabilities."""
-
-    def __init__(self):
-        super().__init__()
-        table = torch.full((6, 6), -6.0)
-        for (a, b), loss in LOSS.items():
-            table[WORDS[a], WORDS[b]] = -loss
-        table[:, 5] = torch.log(1 - table[:, :5].exp().sum(1))  # the rest of each row's mass
-        self.register_buffer("table", table)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]
-
-
-CRAFTED = [
-    # sums 2, 3, 3, 5 pick ending 0; means 2, 1.5, 3, 2.5 pick ending 1, the right one
-    {"ctx": "c", "endings": ["x", "y z", "z", "w w"], "label": 1},
-    # one token each: sums = means = 3, 1.5, 2.5, 2; both pick ending 1, right
-    {"ctx": "c", "endings": ["z", "y", "w", "x"], "label": 1},
-    # a context of two tokens: the ending is scored after its last one, "x"; losses 0.5, 6, 6, 6
-    {"ctx": "c x", "endings": ["x", "y", "z", "w"], "label": 2},
-]
-CRAFTED_SUMS = [[2.0, 3.0, 3.0, 5.0], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
-CRAFTED_MEANS = [[2.0, 1.5, 3.0, 2.5], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
 
 # -----------------------------------------------------------------------------
 # data
@@ -98,11 +52,12 @@ def test_load_examples_keeps_three_fields_and_limit(tmp_path):
     assert [ex["label"] for ex in load_examples(path, limit=2)] == [0, 1]
 
 
-def test_reads_the_shared_validation_set():
-    """The shared preprocessed validation file loads whole: 10,042 examples, labels as counted in its README."""
-    examples = load_examples(str(need_shared_data(VAL)))
-    assert len(examples) == 10042
-    assert [sum(ex["label"] == k for ex in examples) for k in range(4)] == [2515, 2485, 2584, 2458]
+def test_reads_the_committed_validation_slice(hellaswag_data):
+    """tests/data/hellaswag.jsonl loads whole: 400 examples, labels as counted in tests/data/README.md."""
+    examples = load_examples(str(hellaswag_data))
+    assert len(examples) == 400
+    assert [sum(ex["label"] == k for ex in examples) for k in range(4)] == [107, 97, 98, 98]
+    assert examples[0] == {"ctx": ITEM["ctx"], "endings": ITEM["endings"], "label": ITEM["label"]}
 
 
 GOOD = json.dumps(ITEM)
@@ -157,6 +112,7 @@ def server(tmp_path):
 
 
 def refused_url() -> str:
+    """A URL of 127.0.0.1 where nothing listens."""
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -239,16 +195,33 @@ def test_crafted_losses_and_choices():
     assert evaluate(model, CRAFTED, wenc) == {"n": 3, "acc": 1 / 3, "acc_norm": 2 / 3}
 
 
-def test_fast_path_matches_full_logits(enc):
-    """Our GPT's paths (one packed row per example, or four rows; the head at the scored positions only)
-    equal scoring four rows of context + ending with the full (padded) logits."""
-    model = small_gpt()
-    examples = load_examples(str(need_shared_data(VAL)), limit=10)
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["gpt2", "modern"])
+def test_fast_path_matches_full_logits(enc, hellaswag_data, options):
+    """Our GPT's paths (one packed row per example with per-token positions, rotary ones too, or four rows; the
+    head at the scored positions only, soft-capped like the model's logits) equal scoring four rows of
+    context + ending with the model's full (padded) logits."""
+    model = small_gpt(**options)
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised projections (modern) would hide attention
+            p.add_(torch.randn_like(p) * 0.1)
+    examples = load_examples(str(hellaswag_data), limit=10)
     packed = score_examples(model, examples, enc, batch_size=4)
     rows = score_examples(model, examples, enc, batch_size=4, packed=False)
     full = score_examples(lambda idx: model(idx)[0], examples, enc, batch_size=4)
     torch.testing.assert_close(packed, full)
     torch.testing.assert_close(rows, full)
+
+
+def test_head_losses_with_a_reused_buffer():
+    """head_losses into the CPU path's reused logits buffer equals head_losses without one, soft-capped too."""
+    head = torch.nn.Linear(32, 50304, bias=False)
+    buf = torch.empty(hellaswag.HEAD_CHUNK, head.out_features)
+    h = torch.randn(7, 32)
+    y = torch.randint(0, 50304, (7,))
+    with torch.no_grad():
+        for softcap in (0.0, 15.0):
+            torch.testing.assert_close(hellaswag.head_losses(head, h, y, buf, softcap),
+                                       hellaswag.head_losses(head, h, y, None, softcap))
 
 
 def test_pack_example(enc):
@@ -284,10 +257,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_batched_equals_one_at_a_time(enc, one_thread):
+def test_batched_equals_one_at_a_time(enc, hellaswag_data, one_thread):
     """Many padded, packed examples per forward pass give the losses and choices of one example at a time."""
     model = small_gpt(vocab_size=512, n_layer=1)
-    examples = load_examples(str(need_shared_data(VAL)), limit=1000)[::5]  # 200, from all kinds of text
+    examples = load_examples(str(hellaswag_data))[::2]  # 200, of every length in the file
     sums, means = score_examples(model, examples, SmallVocab(enc), batch_size=64)
     # the reference: four unpacked rows, one example at a time
     one = [score_examples(model, [ex], SmallVocab(enc), batch_size=1, packed=False) for ex in examples]
@@ -321,7 +294,7 @@ def test_ranks_split_the_examples():
 DIST_SCRIPT = """
 import sys, torch.distributed as dist
 sys.path[:0] = [{repo!r}, {tests!r}]
-from test_hellaswag import BigramModel, WordEncoding, CRAFTED
+from conftest import BigramModel, WordEncoding, CRAFTED
 from hellaswag import evaluate
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -330,6 +303,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_distributed_ranks_return_the_totals():
     """Under torch.distributed (2 processes, gloo), every rank returns the totals of all examples."""
     with socket.socket() as s:
@@ -350,18 +324,13 @@ def test_distributed_ranks_return_the_totals():
 def checkpoint_dir(tmp_path_factory):
     """An out dir holding one checkpoint of a small random model, written as train_gpt.py writes them."""
     import train_gpt
-    out = tmp_path_factory.mktemp("run")
     cfg = train_gpt.TrainConfig(**{**asdict(train_gpt.preset_config("tiny")), "block_size": 160})
-    model = GPT(train_gpt.model_config(cfg))
-    train_gpt.save_checkpoint(train_gpt.checkpoint_path(str(out), 1), {
-        "model": model.state_dict(), "optimizer": {}, "step": 1, "config": asdict(cfg), "train_loader": {},
-        "rng": {}, "log_bytes": 0})
-    return out
+    return write_model_checkpoint(tmp_path_factory.mktemp("run"), GPT(train_gpt.model_config(cfg)), cfg, 1)
 
 
 def test_cli_prints_key_values_last(checkpoint_dir, capsys):
     """python hellaswag.py --checkpoint DIR --data F --limit N: the last line is n=, acc=, acc_norm=, ..."""
-    res = hellaswag.main(["--checkpoint", str(checkpoint_dir), "--data", str(need_shared_data(VAL)),
+    res = hellaswag.main(["--checkpoint", str(checkpoint_dir), "--data", str(HELLASWAG),
                           "--limit", "6", "--device", "cpu"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     values = dict(kv.split("=") for kv in last.split())
@@ -381,9 +350,9 @@ def test_cli_errors_are_one_line(checkpoint_dir, flags, what):
     assert str(e.value) == what
 
 
+@pytest.mark.slow
 def test_model_gpt2_offline_is_one_line(tmp_path):
     """--model gpt2 without network or a cached copy: exit status 1 and one line of error."""
-    pytest.importorskip("transformers")
     data = write_jsonl(tmp_path / "hs.jsonl", [ITEM])
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     r = subprocess.run([sys.executable, str(REPO / "hellaswag.py"), "--model", "gpt2", "--data", data],

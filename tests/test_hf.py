@@ -9,25 +9,17 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict
 
 import pytest
 import torch
-
-from conftest import REPO
-from model import GPT, GPTConfig
-from tokenizer import EOT, N_VOCAB, get_encoding
-
-try:
-    import transformers
-except ImportError:
-    if os.environ.get("CI"):  # in CI a missing dependency fails the run
-        raise
-    pytest.skip("transformers is not installed: pip install -r requirements-dev.txt", allow_module_level=True)
+import transformers  # requirements-dev.txt: the reference implementation
 
 import export_hf
 import hellaswag
 import train_gpt
+from conftest import ITEM, REPO, random_model, write_model_checkpoint
+from model import GPT, GPTConfig
+from tokenizer import EOT, N_VOCAB, get_encoding
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # fp32: two implementations of the same math, summed in different orders
 
@@ -47,16 +39,9 @@ def save_random_hf(path, **overrides) -> transformers.GPT2LMHeadModel:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[str, GPT]:
     """An out dir holding one checkpoint of a random tiny model (vocab padded to 50,304), as train_gpt.py writes it."""
-    out = tmp_path_factory.mktemp("run")
     cfg = train_gpt.preset_config("tiny")
-    model = GPT(train_gpt.model_config(cfg))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    train_gpt.save_checkpoint(train_gpt.checkpoint_path(str(out), 7), {
-        "model": model.state_dict(), "optimizer": {}, "step": 7, "events_done": True, "config": asdict(cfg),
-        "train_loader": {}, "rng": {}, "log_bytes": 0})
-    return str(out), model.eval()
+    model = random_model(train_gpt.model_config(cfg), scale=0.02)
+    return str(write_model_checkpoint(tmp_path_factory.mktemp("run"), model, cfg, 7)), model
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +174,7 @@ def test_export_errors_are_one_line(run, tmp_path, case):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_export_cli_error_has_no_traceback(tmp_path):
     """python export_hf.py with no checkpoint: exit status 1 and one line on stderr."""
     r = subprocess.run([sys.executable, str(REPO / "export_hf.py"), "--checkpoint", str(tmp_path),
@@ -198,11 +184,6 @@ def test_export_cli_error_has_no_traceback(tmp_path):
 
 # -----------------------------------------------------------------------------
 # hellaswag.py --model with a Hugging Face folder
-
-
-ITEM = {"ctx": "A man is sitting on a roof. he", "label": 3,
-        "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                    "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
 
 
 def test_hellaswag_reads_a_hf_folder(exported, tmp_path, capsys):

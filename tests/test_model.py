@@ -1,13 +1,18 @@
-"""python -m pytest tests/test_model.py -v"""
+"""python -m pytest tests/test_model.py -v
+
+model.py on its own: shapes, the loss at init, causality, tied weights, parameter counts, initialisation,
+config errors, and attention against attention written out by hand. Parity with Hugging Face's GPT-2 is in
+test_hf.py, sampling in test_generate.py.
+"""
 
 import math
 
 import pytest
 import torch
 
-from model import GPT, PRESETS, GPTConfig
-
-TINY = PRESETS["tiny"]
+from conftest import TINY
+from model import GPT, CausalSelfAttention, GPTConfig, Rotary
+from train_gpt import PRESETS, model_config
 
 
 def test_output_shapes():
@@ -22,7 +27,7 @@ def test_output_shapes():
 
 def test_loss_at_init_is_uniform():
     """At initialisation the model is ~uniform over the vocabulary: loss ~ ln(50304)."""
-    model = GPT(PRESETS["seed"])
+    model = GPT(TINY)
     idx = torch.randint(0, 50257, (2, 64))
     targets = torch.randint(0, 50257, (2, 64))
     _, loss = model(idx, targets)
@@ -51,7 +56,7 @@ def test_tied_weights_are_one_tensor():
 @pytest.mark.parametrize("name,count", [("gpt2", 124_475_904), ("seed", 16_299_520), ("tiny", 1_637_248)])
 def test_param_counts(name, count):
     """Each preset has its known parameter count (tied head counted once)."""
-    assert GPT(PRESETS[name]).num_params() == count
+    assert GPT(model_config(PRESETS[name])).num_params() == count
 
 
 def test_gpt2_124m_count_at_original_vocab():
@@ -61,7 +66,7 @@ def test_gpt2_124m_count_at_original_vocab():
 
 def test_residual_projections_scaled_at_init():
     """c_proj weights start with std 0.02/sqrt(2 n_layer); other matrices with 0.02."""
-    model = GPT(PRESETS["seed"])
+    model = GPT(GPTConfig(n_layer=4, n_head=8, n_embd=256))  # the seed preset's size: matrices of 256k entries
     want = 0.02 / math.sqrt(2 * 4)
     assert abs(model.transformer.h[0].mlp.c_proj.weight.std().item() - want) < 0.05 * want
     assert abs(model.transformer.h[0].attn.c_proj.weight.std().item() - want) < 0.05 * want
@@ -75,24 +80,6 @@ def test_bad_config_is_refused():
         GPTConfig(n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="longer than the context"):
         GPT(TINY)(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
-
-
-def test_matches_transformers_gpt2(tmp_path):
-    """A random HF GPT2LMHeadModel, saved and read back by GPT.from_pretrained, gives the same logits (fp32)."""
-    transformers = pytest.importorskip("transformers")
-    hf_config = transformers.GPT2Config(vocab_size=512, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
-                                        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(hf_config).eval()
-    with torch.no_grad():  # biases start at 0 and LayerNorms at 1: move them, or a mix-up of them goes unseen
-        for p in hf.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
-    assert ours.config == GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=4, n_embd=32)
-    idx = torch.randint(0, 512, (2, 64))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_generate_top1_is_greedy():
@@ -115,3 +102,47 @@ def test_generate_never_samples_padding_ids():
         model.lm_head.weight[50257:] *= 100  # make the padding ids the most likely by far
     out = model.generate(torch.zeros(4, 1, dtype=torch.long), 20, top_k=5, n_vocab=50257)
     assert out.max().item() < 50257
+
+
+def attention_by_hand(attn: CausalSelfAttention, x: torch.Tensor, qk_norm: bool, rope: bool) -> torch.Tensor:
+    """Causal self-attention spelled out: softmax(q k^T / sqrt(hs), the future masked) v, per head."""
+    B, T, C = x.shape
+    nh = attn.n_head
+    hs = C // nh
+    q, k, v = (x @ attn.c_attn.weight.T + attn.c_attn.bias).split(C, dim=2)  # each (B, T, C)
+    q, k, v = (t.reshape(B, T, nh, hs).permute(0, 2, 1, 3) for t in (q, k, v))  # (B, nh, T, hs)
+    if qk_norm:  # each head's query and key scaled to unit root mean square
+        eps = torch.finfo(x.dtype).eps
+        q, k = (t / torch.sqrt((t * t).mean(-1, keepdim=True) + eps) for t in (q, k))
+    if rope:  # channel i and i + hs/2 of position t: a rotation by angle t / 10000^(2i / hs)
+        i = torch.arange(hs // 2, dtype=torch.float32)
+        angle = torch.arange(T, dtype=torch.float32)[:, None] / 10000 ** (2 * i / hs)  # (T, hs/2)
+        cos, sin = angle.cos(), angle.sin()
+
+        def rotate(t):
+            a, b = t[..., :hs // 2], t[..., hs // 2:]
+            return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+        q, k = rotate(q), rotate(k)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool).triu(diagonal=1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    y = (weights @ v).permute(0, 2, 1, 3).reshape(B, T, C)  # heads side by side again
+    return y @ attn.c_proj.weight.T + attn.c_proj.bias
+
+
+@pytest.mark.parametrize("qk_norm,rope", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["gpt2", "qk_norm", "rope", "qk_norm+rope"])
+def test_attention_equals_attention_by_hand(qk_norm, rope):
+    """CausalSelfAttention (fused scaled_dot_product_attention) equals attention written out by hand, in
+    float32: GPT-2's, with QK-norm, with rotary positions, and with both."""
+    config = GPTConfig(**{**vars(TINY), "n_head": 4, "qk_norm": qk_norm, "rope": rope})
+    attn = CausalSelfAttention(config)
+    with torch.no_grad():
+        for p in attn.parameters():  # biases start at zero: move them, or a mix-up of them goes unseen
+            p.normal_(0, 0.3)
+    x = torch.randn(3, 20, config.n_embd)
+    rotary = Rotary(config.n_embd // config.n_head)(torch.arange(20)) if rope else None
+    with torch.no_grad():
+        got = attn(x, rotary=rotary)
+        want = attention_by_hand(attn, x, qk_norm, rope)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

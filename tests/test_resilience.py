@@ -21,8 +21,10 @@ import torch
 import fineweb
 import generate
 import train_gpt
-from conftest import REPO
+from checkpoint import latest_checkpoint, load_latest_checkpoint
+from conftest import REPO, assert_same_run, read_log
 from fineweb import write_shard
+from model import GPT
 
 # the run every test here uses: 16 steps of the tiny preset, CPU, float32 (bit-reproducible)
 FLAGS = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--max-steps", "16", "--warmup-steps", "2",
@@ -83,38 +85,18 @@ def run_child(tmp_path, shards, out, *flags, kill=None, timeout=120, **popen):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def read_log(out) -> list[dict]:
-    with open(out / "log.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def losses(out) -> dict:
-    """Every logged metric that must equal the uninterrupted run's, keyed by (name, step)."""
-    got = {}
-    for e in read_log(out):
-        for name in ("train_loss", "val_loss", "samples"):
-            if name in e:
-                assert (name, e["step"]) not in got, f"{name} logged twice at step {e['step']}"
-                got[(name, e["step"])] = e[name]
-    return got
-
-
-def final_weights(out) -> dict:
-    return torch.load(out / "ckpt_000016.pt", weights_only=True)["model"]
-
-
 @pytest.fixture(scope="module")
 def reference(corpus_shards, tmp_path_factory):
-    """The uninterrupted run, in a subprocess like the killed ones, and its wall time."""
+    """The uninterrupted run, in a subprocess like the killed ones."""
     tmp = tmp_path_factory.mktemp("reference")
-    t0 = time.time()
     p = run_child(tmp, corpus_shards, tmp / "out")
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    return tmp / "out", time.time() - t0
+    return tmp / "out"
 
 
 def train_steps_logged(out) -> list[int]:
+    """The steps whose train loss the log holds, read while a run may still be writing it."""
     if not (out / "log.jsonl").exists():
         return []
     with open(out / "log.jsonl") as f:  # the last line may be half written: read only whole lines
@@ -122,16 +104,17 @@ def train_steps_logged(out) -> list[int]:
     return [e["step"] for e in map(json.loads, lines) if "train_loss" in e]
 
 
+@pytest.mark.slow
 def test_kill_anywhere_then_resume_is_the_same_run(corpus_shards, reference, tmp_path):
     """SIGKILL mid-checkpoint-write, before the rename, mid-eval and at random moments, resumed with --resume
-    each time: the same losses, val losses, samples and final weights as the uninterrupted run, bit for bit."""
-    ref_out, _ = reference
+    each time: the same losses, val losses, samples, final weights and optimizer state as the uninterrupted
+    run, bit for bit."""
     out = tmp_path / "out"
     rng = random.Random(1234)
     kills = ["save:2", "replace:1", "val:1", "random", "random", "random"]
     landed = []
     for kill in kills:
-        latest = train_gpt.latest_checkpoint(str(out)) if out.exists() else None
+        latest = latest_checkpoint(str(out)) if out.exists() else None
         resume_step = int(latest[-9:-3]) if latest else 0
         if kill == "random":  # after a random step this process will take, then a random fraction of a step
             target = rng.randint(resume_step, 15)
@@ -152,18 +135,15 @@ def test_kill_anywhere_then_resume_is_the_same_run(corpus_shards, reference, tmp
     print("kills (what, resumed at, exit status, last step logged):", landed)
     assert sum(code == -signal.SIGKILL for _, _, code, _ in landed) >= 5  # the kills landed mid-run
     assert not list(out.glob("*.tmp"))
-    assert losses(out) == losses(ref_out)
-    assert train_steps_logged(out) == list(range(16))  # no step missing, none twice
-    ref, got = final_weights(ref_out), final_weights(out)
-    for k in ref:
-        assert torch.equal(ref[k], got[k]), k
+    assert_same_run(reference, out, 16)  # no step missing, none twice
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resumes(corpus_shards, reference, tmp_path):
     """SIGTERM: the step finishes, a checkpoint is written, exit status 0; --resume then ends as if never stopped."""
     out = tmp_path / "out"
     p = run_child(tmp_path, corpus_shards, out)
-    while not (out / "log.jsonl").exists() or sum("train_loss" in e for e in read_log(out)) < 6:
+    while len(train_steps_logged(out)) < 6:
         time.sleep(0.05)
         assert p.poll() is None
     p.send_signal(signal.SIGTERM)
@@ -172,15 +152,14 @@ def test_sigterm_stops_cleanly_and_resumes(corpus_shards, reference, tmp_path):
     assert "SIGTERM: stopping after this step" in err
     stop = [e for e in read_log(out) if e.get("event") == "stop"]
     assert len(stop) == 1 and f"continue with --resume" in stdout
-    assert train_gpt.latest_checkpoint(str(out)).endswith(f"ckpt_{stop[0]['step']:06d}.pt")
+    assert latest_checkpoint(str(out)).endswith(f"ckpt_{stop[0]['step']:06d}.pt")
     p = run_child(tmp_path, corpus_shards, out, "--resume")
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
-    assert losses(out) == losses(reference[0])
-    ref, got = final_weights(reference[0]), final_weights(out)
-    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert_same_run(reference, out, 16)
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_and_a_second_one_exits_at_once(corpus_shards, tmp_path):
     """One Ctrl-C: checkpoint and exit 130; two Ctrl-C in a row: exit 130 at once, checkpoints intact."""
     for presses in (1, 2):
@@ -217,12 +196,15 @@ def test_sigint_checkpoints_and_a_second_one_exits_at_once(corpus_shards, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def run_dir(reference):
-    """The reference run: checkpoints at steps 4, 8, 12 and 16."""
-    return reference[0]
+def run_dir(corpus_shards, tmp_path_factory):
+    """The run of FLAGS, in this process: checkpoints at steps 4, 8, 12 and 16."""
+    out = tmp_path_factory.mktemp("run")
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out)])
+    return out
 
 
 def copy_run(run_dir, tmp_path):
+    """A copy of run_dir that a test may damage."""
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)
     return out
@@ -244,20 +226,19 @@ def test_damaged_latest_checkpoint_falls_back(run_dir, tmp_path, capsys, damage)
     else:
         data = os.urandom(4096)
     path.write_bytes(data)
-    found_path, ckpt = train_gpt.load_latest_checkpoint(str(out))
+    found_path, ckpt = load_latest_checkpoint(str(out))
     assert found_path.endswith("ckpt_000012.pt") and ckpt["step"] == 12
     err = capsys.readouterr().err
     assert "warning:" in err and "ckpt_000016.pt" in err and "damaged" in err
 
 
 def test_resume_after_damaged_latest_checkpoint_is_the_same_run(corpus_shards, run_dir, tmp_path):
-    """Resumed past a damaged latest checkpoint, the run redoes the steps and ends the same, bit for bit."""
+    """Resumed from the checkpoint before a damaged latest one, a run redoes the steps after it, logs none
+    twice, and ends as the uninterrupted run did, bit for bit: losses, samples, weights and optimizer state."""
     out = copy_run(run_dir, tmp_path)
     (out / "ckpt_000016.pt").write_bytes(b"\x00" * 100)
     train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
-    assert losses(out) == losses(run_dir)
-    ref, got = final_weights(run_dir), final_weights(out)
-    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert_same_run(run_dir, out, 16)
 
 
 class Payload:
@@ -296,6 +277,7 @@ def test_keep_checkpoints(corpus_shards, tmp_path):
     assert train_gpt.TrainConfig().keep_checkpoints == 0
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_a_checkpoint(corpus_shards, run_dir, tmp_path):
     """A write that fails half-way (file size limit standing in for a full disk): one clear line, non-zero
     exit, no temporary file, and the previous checkpoints byte for byte as they were."""
@@ -321,7 +303,7 @@ def test_disk_full_while_writing_a_checkpoint(corpus_shards, run_dir, tmp_path):
 def test_nonfinite_loss_stops_or_skips(corpus_shards, tmp_path, monkeypatch):
     """A NaN loss stops the run naming its step, with no checkpoint after it; --skip-nonfinite skips that
     update, logs it, and the run goes on with finite weights."""
-    forward = train_gpt.GPT.forward
+    forward = GPT.forward
     calls = {"n": 0}
 
     def nan_at_step_5(self, idx, targets=None):
@@ -332,7 +314,7 @@ def test_nonfinite_loss_stops_or_skips(corpus_shards, tmp_path, monkeypatch):
                 loss = loss * float("nan")
         return logits, loss
 
-    monkeypatch.setattr(train_gpt.GPT, "forward", nan_at_step_5)
+    monkeypatch.setattr(GPT, "forward", nan_at_step_5)
     args = [*FLAGS, "--data-dir", str(corpus_shards), "--sample-every", "0"]
     with pytest.raises(SystemExit) as e:
         train_gpt.main([*args, "--out-dir", str(tmp_path / "stop")])
@@ -470,6 +452,7 @@ def test_out_dir_not_writable(corpus_shards, tmp_path):
     assert str(e.value) == f"error: cannot write to --out-dir {tmp_path / 'file' / 'run'}: Not a directory"
 
 
+@pytest.mark.slow
 def test_errors_have_no_traceback(tmp_path):
     """Through the real command line: one line on stderr, exit status 1, no traceback."""
     for args in (["--data-dir", str(tmp_path / "nowhere")], ["--n-head", "3"]):

@@ -3,19 +3,24 @@
 --init-from (fine-tuning a Hugging Face GPT-2), --compile, the ETA and the memory setting of CPU runs.
 """
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
+import transformers  # requirements-dev.txt: the Hugging Face model to fine-tune
 
 import train_gpt
-from conftest import need_shared_data
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import HELLASWAG, REPO, TINY, assert_same_run, read_log, train
 from model import GPT
-from test_train import read_log, train
+from run_log import format_duration
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A random Hugging Face GPT-2 with GPT-2's vocabulary and a 64-token context, saved as a folder."""
-    import transformers  # requirements-dev.txt
     torch.manual_seed(11)
     config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
     out = tmp_path_factory.mktemp("hf_gpt2")
@@ -33,7 +38,7 @@ def test_init_from_starts_at_the_pretrained_weights(corpus_shards, hf_dir, tmp_p
     config = log[0]["config"]
     assert (config["n_layer"], config["n_head"], config["n_embd"], config["vocab_size"], config["block_size"]) == \
         (2, 4, 32, 50257, 64)
-    ckpt = train_gpt.load_checkpoint(str(out / "ckpt_000001.pt"))
+    ckpt = load_checkpoint(str(out / "ckpt_000001.pt"))
     pretrained = GPT.from_pretrained(str(hf_dir))
     for k, v in pretrained.state_dict().items():
         torch.testing.assert_close(ckpt["model"][k], v, rtol=0, atol=1e-9)
@@ -42,21 +47,18 @@ def test_init_from_starts_at_the_pretrained_weights(corpus_shards, hf_dir, tmp_p
     want = train_gpt.evaluate_val(pretrained, loader, 2, "cpu", torch.float32)
     assert [e["val_loss"] for e in log if "val_loss" in e][0] == pytest.approx(want, abs=1e-6)
     # the checkpoint is a plain one: generate.py / hellaswag.py read it without transformers
-    assert train_gpt.model_from_checkpoint(ckpt).config.n_embd == 32
+    assert model_from_checkpoint(ckpt).config.n_embd == 32
 
 
 def test_init_from_resumes(corpus_shards, hf_dir, tmp_path):
-    """A fine-tuning run stopped at a checkpoint and resumed logs the same losses and ends with the same weights."""
+    """A fine-tuning run stopped at a checkpoint and resumed continues from the checkpoint, not from the
+    pretrained weights: it is the uninterrupted run, bit for bit."""
     flags = ["--init-from", str(hf_dir), "--max-steps", "6", "--val-every", "3", "--checkpoint-every", "3"]
     train(corpus_shards, tmp_path / "a", *flags)
-    train(corpus_shards, tmp_path / "b", *flags)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
     (tmp_path / "b" / "ckpt_000006.pt").unlink()  # as if stopped after step 3
     train(corpus_shards, tmp_path / "b", *flags, "--resume")
-    loss = lambda out: [e["train_loss"] for e in read_log(out) if "train_loss" in e]  # noqa: E731
-    assert loss(tmp_path / "a") == loss(tmp_path / "b")
-    a = train_gpt.load_checkpoint(str(tmp_path / "a" / "ckpt_000006.pt"))["model"]
-    b = train_gpt.load_checkpoint(str(tmp_path / "b" / "ckpt_000006.pt"))["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(tmp_path / "a", tmp_path / "b", 6)
 
 
 @pytest.mark.parametrize("value,message", [
@@ -79,12 +81,12 @@ def test_init_from_context_too_short(corpus_shards, hf_dir, tmp_path):
     assert str(e.value.code) == f"error: --seq-len 128 is longer than the context of --init-from {hf_dir} (64 tokens)"
 
 
+@pytest.mark.slow
 def test_compile_keeps_val_hellaswag_and_samples(corpus_shards, tmp_path, capsys):
     """--compile: the training losses follow the eager run's, and val loss, HellaSwag and samples still run
     (they use the model as is), with the same results as eager."""
-    data = need_shared_data("hellaswag/hellaswag_val_preprocessed.jsonl")
     flags = ["--max-steps", "4", "--warmup-steps", "2", "--val-every", "2", "--hellaswag-every", "4", "--hellaswag-limit", "8",
-             "--hellaswag-data", str(data), "--sample-every", "4", "--checkpoint-every", "4"]
+             "--hellaswag-data", str(HELLASWAG), "--sample-every", "4", "--checkpoint-every", "4"]
     train(corpus_shards, tmp_path / "eager", *flags)
     train(corpus_shards, tmp_path / "compiled", *flags, "--compile")
     eager, compiled = read_log(tmp_path / "eager"), read_log(tmp_path / "compiled")
@@ -100,9 +102,9 @@ def test_compile_keeps_val_hellaswag_and_samples(corpus_shards, tmp_path, capsys
 
 def test_format_duration():
     """The ETA reads as hours and minutes, minutes and seconds, or seconds."""
-    assert train_gpt.format_duration(3725) == "1h02m"
-    assert train_gpt.format_duration(125) == "2m05s"
-    assert train_gpt.format_duration(42.4) == "42s"
+    assert format_duration(3725) == "1h02m"
+    assert format_duration(125) == "2m05s"
+    assert format_duration(42.4) == "42s"
 
 
 def test_eta_counts_down(corpus_shards, tmp_path, capsys):
@@ -117,11 +119,11 @@ def test_eta_counts_down(corpus_shards, tmp_path, capsys):
 FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, {repo!r})
-import train_gpt
-from model import GPT, PRESETS
+from device import keep_freed_memory
+from model import GPT, GPTConfig
 if {keep}:
-    train_gpt.keep_freed_memory()
-model = GPT(PRESETS["tiny"])
+    keep_freed_memory()
+model = GPT({tiny!r})  # tests/conftest.py's TINY
 x = torch.randint(0, 50257, (8, 64))  # logits of 8 x 64 x 50,304 floats: 100 MB, freed after each step
 def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -132,16 +134,14 @@ print(sum([step() for _ in range(5)][2:]))  # the faults of steps 3 to 5, once t
 """
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_reuses_pages():
     """With keep_freed_memory (every CPU run), the large tensors of a training step reuse the pages freed by
     the step before; without it, every step page-faults them in again (~100k faults a step here)."""
-    import subprocess
-    import sys
-    from conftest import REPO
 
-    def faults(keep: bool) -> int:
-        out = subprocess.run([sys.executable, "-c", FAULTS.format(repo=str(REPO), keep=keep)], capture_output=True,
-                             text=True, check=True)
+    def faults(keep: bool) -> int:  # in a fresh process each: the allocator's settings are process-wide
+        out = subprocess.run([sys.executable, "-c", FAULTS.format(repo=str(REPO), keep=keep, tiny=TINY)],
+                             capture_output=True, text=True, check=True)
         return int(out.stdout.strip())
     without, with_ = faults(False), faults(True)
     assert without > 100_000  # 3 steps of ~25k pages of logits (and their gradient) each, at the least
