@@ -56,6 +56,16 @@ def _hf_cache_in_tmp(tmp_path_factory):
             mp.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
         yield
 
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """The Hugging Face hub offline for the test, as HF_HUB_OFFLINE=1 makes it: in the environment (for
+    subprocesses and a later import) and in huggingface_hub's constants, which it reads once, when imported
+    (fineweb.py imports it through `datasets`). Without the second, the hub retries the network for ~25 s."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
 # -----------------------------------------------------------------------------
 # data
 

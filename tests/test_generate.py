@@ -193,9 +193,8 @@ def test_bad_flags(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_unreachable_model_is_one_line(monkeypatch, capsys):
+def test_unreachable_model_is_one_line(hub_offline):
     """--model without network access (and no cached copy) is one line of error, not a traceback."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as e:
         generate.main(["--model", "gpt2", "--device", "cpu"])
     msg = str(e.value.code)

@@ -64,9 +64,8 @@ def test_init_from_resumes(corpus_shards, hf_dir, tmp_path):
 @pytest.mark.parametrize("value,message", [
     ("no/such/folder", "error: cannot load --init-from no/such/folder"),
 ])
-def test_init_from_errors(corpus_shards, tmp_path, value, message, monkeypatch):
+def test_init_from_errors(corpus_shards, tmp_path, value, message, hub_offline):
     """A model that can't be loaded is one line of error, and nothing is written."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as e:
         train(corpus_shards, tmp_path / "run", "--init-from", value)
     assert str(e.value.code).startswith(message) and "\n" not in str(e.value.code)
