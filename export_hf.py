@@ -36,11 +36,13 @@ import tempfile
 
 import torch
 
-from model import GPT
+from atomic_write import atomic_write, current_umask
+from checkpoint import model_from_checkpoint, open_checkpoint
+from errors import os_reason
+from model import CONV1D_WEIGHTS, GPT
 from tokenizer import EOT, N_VOCAB, bpe_files_dir
 
 INFO_FILE = "export_info.json"  # what was exported, and the mark of a folder this script wrote
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def hf_state_dict(model: GPT, n_vocab: int = N_VOCAB) -> dict[str, torch.Tensor]:
@@ -48,7 +50,7 @@ def hf_state_dict(model: GPT, n_vocab: int = N_VOCAB) -> dict[str, torch.Tensor]
     token embedding and head cut to n_vocab rows. The inverse of GPT.from_pretrained's copy."""
     sd = {}
     for k, v in model.state_dict().items():
-        if k.endswith(CONV1D):
+        if k.endswith(CONV1D_WEIGHTS):
             v = v.t()  # nn.Linear keeps (out, in); HF's Conv1D (in, out)
         if k in ("transformer.wte.weight", "lm_head.weight"):
             v = v[:n_vocab]  # (vocab_size, C) -> (n_vocab, C): drop the padding rows
@@ -108,43 +110,12 @@ def write_folder(model: GPT, path: str, info: dict) -> None:
         os.chmod(os.path.join(path, name), 0o666 & ~current_umask())
 
 
-def current_umask() -> int:
-    """The process's umask: the permission bits new files don't get (reading it means setting it)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def os_reason(e: BaseException) -> str:
-    """The OS's words for a failed write, wherever they sit in the exception's chain."""
-    cause = e
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    return f"write failed ({type(e).__name__})"
-
-
 def export(model: GPT, out: str, info: dict) -> None:
-    """Write the folder beside out (OUT.tmp.XXXX), then swap it in for out: nobody sees half an export.
-    The names are new each time, so no folder of anyone else's can be in the way or be removed."""
-    out = out.rstrip("/\\")
-    tmp = old = None
+    """Write the folder beside out, then swap it in for out: nobody sees half an export (see atomic_write)."""
     try:
-        tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp.", dir=os.path.dirname(os.path.abspath(out)))
-        write_folder(model, tmp, info)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is private (0700); an export isn't
-        if os.path.exists(out):
-            old = tmp + ".old"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old:
-            shutil.rmtree(old)
+        with atomic_write(out, folder=True) as tmp:
+            write_folder(model, tmp, info)
     except (OSError, RuntimeError) as e:  # safetensors and torch wrap the OS error in a RuntimeError
-        if tmp and os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old and os.path.exists(old) and not os.path.exists(out):
-            os.rename(old, out)  # the swap failed half-way: put the earlier folder back
         raise SystemExit(f"error: cannot write {out}: {os_reason(e)}") from None
 
 
@@ -163,8 +134,6 @@ def main(argv=None) -> str:
     except ImportError:
         raise SystemExit("error: export_hf.py needs the transformers package: pip install transformers") from None
     check_out(args.out, args.force)
-    # imported here, not at the top: train_gpt pulls in the whole training stack
-    from train_gpt import model_from_checkpoint, open_checkpoint
     name, ckpt = open_checkpoint(args.checkpoint)  # SystemExit with one line for a missing or bad checkpoint
     model = model_from_checkpoint(ckpt)
     if not model.config.is_gpt2:

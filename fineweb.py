@@ -35,6 +35,8 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from atomic_write import atomic_write
+from errors import one_line
 from tokenizer import EOT, get_encoding
 
 SHARD_MAGIC = 20240520
@@ -67,23 +69,14 @@ def shard_path(out_dir: str, split: str, index: int) -> str:
     return os.path.join(out_dir, f"{split}_{index:06d}.bin")
 
 
-def atomic_write(path: str, *chunks: bytes) -> None:
-    """Write a file so that a reader (or a re-run after kill -9) sees either the old file or the whole new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them visible
-    os.replace(tmp, path)  # atomic on POSIX and Windows
-
-
 def write_shard(path: str, tokens: np.ndarray) -> None:
     """Write tokens (uint16) with their header, atomically: a reader never sees a partial shard."""
     assert tokens.dtype == np.uint16
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
-    atomic_write(path, header.tobytes(), tokens.tobytes())
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
 
 
 def read_shard(path: str) -> np.ndarray:
@@ -147,12 +140,6 @@ def iter_work(inputs: list[str] | None) -> Iterator[tuple]:
             yield from _jsonl_blocks(path)
         else:
             yield from _batches(path, _file_documents(path))
-
-
-def iter_documents(inputs: list[str] | None) -> Iterator[str]:
-    """The texts of the input's documents, in order, all read and parsed in this process."""
-    for item in iter_work(inputs):
-        yield from item_texts(item)
 
 
 def item_texts(item: tuple) -> list[str]:
@@ -357,7 +344,7 @@ def _unreadable(path: str, builder: str, e: Exception) -> str:
         except Exception:  # noqa: BLE001 -- not parquet at all: `e` says why
             pass
     what = {"json": "JSON lines", "parquet": "a parquet file", "text": "UTF-8 text"}[builder]
-    return f"{path}: cannot read it as {what} ({_one_line(e)})"
+    return f"{path}: cannot read it as {what} ({one_line(e)})"
 
 
 def _json_type(value) -> str:
@@ -368,11 +355,6 @@ def _json_type(value) -> str:
         if isinstance(value, types):
             return name
     return f"a {type(value).__name__}"
-
-
-def _one_line(e: Exception) -> str:
-    text = " ".join(str(e).split())  # pyarrow's messages may span lines
-    return text[:300] or type(e).__name__
 
 
 def tokenize(text: str) -> np.ndarray:
@@ -448,7 +430,8 @@ class ShardWriter:
 
     def save(self, complete: bool = False) -> None:
         manifest = {"format": PROGRESS_FORMAT, "job": self.job, "shards": self.shards, "complete": complete}
-        atomic_write(os.path.join(self.out_dir, PROGRESS_FILE), json.dumps(manifest, indent=1).encode())
+        with atomic_write(os.path.join(self.out_dir, PROGRESS_FILE)) as tmp, open(tmp, "wb") as f:
+            f.write(json.dumps(manifest, indent=1).encode())
 
 
 def job_fingerprint(args: argparse.Namespace) -> dict:

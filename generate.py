@@ -16,9 +16,12 @@ import sys
 
 import torch
 
+from checkpoint import model_from_checkpoint, open_checkpoint
+from device import DTYPES, autocast, autocast_dtype, pick_device
+from errors import one_line
 from model import GPT, GPT2_NAMES
 from tokenizer import get_encoding
-from train_gpt import autocast, autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device, sample_text
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="below 1: safer, above 1: wilder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same text (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=("auto", "bfloat16", "float32"),
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="autocast dtype; auto: bfloat16 where supported (default: %(default)s)")
     p.add_argument("--no-stream", action="store_true", help="print a single sample when it is done, not token by token")
     args = p.parse_args(argv)
@@ -57,10 +60,27 @@ def load_model(args: argparse.Namespace) -> GPT:
         try:
             return GPT.from_pretrained(args.model)
         except (ImportError, OSError, ValueError) as e:  # no transformers, no network and no cached copy, ...
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SystemExit(f"error: cannot load --model {args.model}: {msg}") from None
+            raise SystemExit(f"error: cannot load --model {args.model}: {one_line(e)}") from None
     _, ckpt = open_checkpoint(args.checkpoint)
     return model_from_checkpoint(ckpt)
+
+
+@torch.no_grad()
+def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: int, top_k: int | None,
+                seed: int, device: str, dtype: torch.dtype = torch.float32, temperature: float = 1.0,
+                top_p: float | None = None) -> list[str]:
+    """num_samples continuations of prompt. Its own generator: the same seed gives the same text,
+    and the caller's random state (a training run's) is left alone."""
+    was_training = model.training
+    model.eval()
+    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
+    idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, len(prompt))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast(device.split(":")[0], dtype):
+        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             n_vocab=enc.n_vocab, generator=generator)
+    model.train(was_training)
+    return [enc.decode(row.tolist()) for row in out]
 
 
 @torch.no_grad()

@@ -41,7 +41,11 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from model import GPT, GPT2_NAMES, softcap as cap_logits
+from atomic_write import atomic_write
+from checkpoint import model_from_checkpoint, open_checkpoint
+from device import DTYPES, autocast, autocast_dtype, pick_device
+from errors import one_line
+from model import GPT, GPT2_NAMES, softcap
 from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -85,20 +89,20 @@ def file_problem(path: str, n_bytes: int, n_lines: int) -> str | None:
 def download(url: str, path: str, n_bytes: int, n_lines: int, timeout: float = 30.0, flag: str = "--data") -> None:
     """Stream url to path with a progress bar. Written to a temporary file, checked, then renamed: a file
     at path is always a complete, checked one."""
-    tmp = f"{path}.{os.getpid()}.tmp"  # one per process: several ranks may download at once
     hint = f"pass {flag} FILE with a local copy of hellaswag_val.jsonl"  # flag: the caller's own option
     try:
-        with requests.get(url, stream=True, timeout=timeout) as r:
-            r.raise_for_status()
-            bar = tqdm(total=n_bytes, unit="B", unit_scale=True, desc="hellaswag_val.jsonl")
-            with open(tmp, "wb") as f, bar:
-                for chunk in r.iter_content(chunk_size=1 << 16):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-        problem = file_problem(tmp, n_bytes, n_lines)
-        if problem:
-            raise HellaSwagError(f"the download of {url} is not the expected file ({problem}); {hint}")
-        os.replace(tmp, path)
+        # one temporary file per process: several ranks may download at once
+        with atomic_write(path, tmp=f"{path}.{os.getpid()}.tmp") as tmp:
+            with requests.get(url, stream=True, timeout=timeout) as r:
+                r.raise_for_status()
+                bar = tqdm(total=n_bytes, unit="B", unit_scale=True, desc="hellaswag_val.jsonl")
+                with open(tmp, "wb") as f, bar:
+                    for chunk in r.iter_content(chunk_size=1 << 16):
+                        f.write(chunk)
+                        bar.update(len(chunk))
+            problem = file_problem(tmp, n_bytes, n_lines)
+            if problem:  # raised inside the block: the temporary file goes, nothing is renamed
+                raise HellaSwagError(f"the download of {url} is not the expected file ({problem}); {hint}")
     except requests.Timeout:
         raise HellaSwagError(f"cannot download {url}: timed out; {hint}") from None
     except requests.ConnectionError:
@@ -109,9 +113,6 @@ def download(url: str, path: str, n_bytes: int, n_lines: int, timeout: float = 3
         raise HellaSwagError(f"cannot download {url}: {type(e).__name__}; {hint}") from None
     except OSError as e:
         raise HellaSwagError(f"cannot write {path}: {e.strerror}; choose another --cache-dir or {hint}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def val_file(cache_dir: str | None = None, url: str | None = None, n_bytes: int = VAL_BYTES,
@@ -279,7 +280,7 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
     # cross-entropy over the model's whole vocabulary (padding ids included), in float32 even under autocast
     if isinstance(model, GPT):
         hidden = model.hidden_states(tokens)[:, :-1][scored]  # (N, C): N scored tokens in all rows
-        losses = head_losses(model.lm_head, hidden, targets[scored], softcap=model.config.logit_softcap)  # (N,)
+        losses = head_losses(model.lm_head, hidden, targets[scored], cap=model.config.logit_softcap)  # (N,)
     else:
         logits = model(tokens)[:, :-1][scored]  # (N, V)
         losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)
@@ -289,23 +290,23 @@ def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tup
 
 
 def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
-                buf: torch.Tensor | None = None, softcap: float = 0.0) -> torch.Tensor:
+                buf: torch.Tensor | None = None, cap: float = 0.0) -> torch.Tensor:
     """Cross-entropy of targets (N,) under the logits lm_head(h), h: (N, C), in float32, HEAD_CHUNK rows at a time.
 
     buf: a (HEAD_CHUNK, vocab) float32 tensor to compute the logits in, reused from chunk to chunk. On a CPU
     a fresh 200 MB tensor per chunk costs a page fault for every 4 KB written: more time than the matmul
     (118M page faults over the full set without it). Without buf (GPUs cache their allocations; autocast
-    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way. softcap: the
+    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way. cap: the
     model's logit_softcap (GPTConfig), applied to the logits as the model does.
     """
     if buf is None:
-        return torch.cat([F.cross_entropy(cap_logits(lm_head(hc), softcap).float(), yc, reduction="none")
+        return torch.cat([F.cross_entropy(softcap(lm_head(hc), cap).float(), yc, reduction="none")
                           for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
     losses = []
     for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK)):
         logits = torch.mm(hc, lm_head.weight.t(), out=buf[:len(hc)])  # (n, V)
-        if softcap:
-            logits.div_(softcap).tanh_().mul_(softcap)
+        if cap:
+            logits.div_(cap).tanh_().mul_(cap)
         target = logits.gather(1, yc[:, None]).squeeze(1)  # (n,)
         # -log p(y) = log(sum(exp(logits))) - logits[y], the log-sum-exp computed in place
         top = logits.amax(1, keepdim=True)  # (n, 1)
@@ -328,7 +329,7 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
     b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
     h = hidden[b, src[scored]]  # (N, C)
     targets = tokens[scored]  # (N,)
-    losses = head_losses(model.lm_head, h, targets, buf, softcap=model.config.logit_softcap)  # (N,)
+    losses = head_losses(model.lm_head, h, targets, buf, cap=model.config.logit_softcap)  # (N,)
     slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
     sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
     counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))
@@ -374,7 +375,7 @@ def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu",
         with tqdm(total=len(examples), unit="ex", desc="hellaswag", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
+                with autocast(device_type, dtype):
                     if packed:
                         batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
                         s, m = packed_losses(model, *(t.to(device) for t in batch), buf=buf)  # (b, 4)
@@ -430,7 +431,7 @@ def load_pretrained(name_or_dir: str) -> GPT:
         if isinstance(e, OSError) and not os.path.isdir(name_or_dir):
             raise HellaSwagError(f"cannot load {name_or_dir} from the Hugging Face hub (no network, and not in its "
                                  "local cache); evaluate a --checkpoint instead") from None
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        reason = one_line(e)
         # (our ValueError for a config we can't compute names the model already)
         if isinstance(e, OSError):
             reason = f"cannot load a model from {name_or_dir}: {reason}"
@@ -456,7 +457,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32,
                    help="examples per forward pass, x 4 endings (default: %(default)s)")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="autocast dtype; auto: bfloat16 where the device computes it natively (default: %(default)s)")
     args = p.parse_args(argv)
     for name in ("limit", "batch_size"):
@@ -471,8 +472,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    # imported here, not at the top: train_gpt imports this module for its in-training evaluation
-    from train_gpt import autocast_dtype, model_from_checkpoint, open_checkpoint, pick_device
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     try:

@@ -6,8 +6,8 @@ self-attention, then a GELU MLP, each added back to a residual stream), a final 
 head that shares its weight with the token embedding. Parameter names follow Hugging Face's GPT-2
 (transformer.wte, transformer.h.0.attn.c_attn, ...) so its weights map onto ours key by key.
 
-    from model import GPT, PRESETS
-    model = GPT(PRESETS["seed"])          # ~16M parameters
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=4, n_head=8, n_embd=256))   # the `seed` model: ~16M parameters
     logits, loss = model(idx, targets)    # idx, targets: (B, T) token ids
 """
 
@@ -57,14 +57,9 @@ class GPTConfig:
         return not self.departures()
 
 
-PRESETS = {
-    "seed": GPTConfig(n_layer=4, n_head=8, n_embd=256),  # the reference run: 16,299,520 parameters
-    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # GPT-2 small: 124,475,904 at vocab 50,304
-    "tiny": GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),  # for tests: seconds on a CPU
-}
-
-
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")  # OpenAI's GPT-2 on the Hugging Face hub
+# the weights Hugging Face's GPT-2 keeps in OpenAI's Conv1D layout, (in, out), where nn.Linear keeps (out, in)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 class Rotary(nn.Module):
@@ -263,11 +258,9 @@ class GPT(nn.Module):
         if set(sd) != set(sd_hf):
             raise ValueError(f"the weights of {name_or_dir} don't match ours (missing: {sorted(set(sd) - set(sd_hf))}, "
                              f"unexpected: {sorted(set(sd_hf) - set(sd))})")
-        # HF keeps OpenAI's Conv1D layout, weight (in, out), where nn.Linear keeps (out, in)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         with torch.no_grad():
             for k, v in sd.items():  # the tied wte / lm_head tensor is copied twice, the same values both times
-                src = sd_hf[k].t() if k.endswith(conv1d) else sd_hf[k]
+                src = sd_hf[k].t() if k.endswith(CONV1D_WEIGHTS) else sd_hf[k]
                 assert src.shape == v.shape, f"{k}: {tuple(src.shape)} in {name_or_dir}, {tuple(v.shape)} here"
                 v.copy_(src)
         return model
@@ -307,13 +300,9 @@ class GPT(nn.Module):
             x = block(x, attn_mask, cache[i] if cache is not None else None, rotary)
         return self.transformer.ln_f(x)  # (B, T, C)
 
-    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
-        """The logits as the model outputs them: bounded by logit_softcap where it is set (in float32 then)."""
-        return softcap(logits, self.config.logit_softcap)
-
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size) and the mean loss (or None)."""
-        logits = self.softcap(self.lm_head(self.hidden_states(idx)))  # (B, T, vocab_size)
+        logits = softcap(self.lm_head(self.hidden_states(idx)), self.config.logit_softcap)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
             # in float32 even under autocast: a softmax over 50k entries is where bf16 hurts most
@@ -353,7 +342,8 @@ class GPT(nn.Module):
                 x = idx[:, -block_size:]  # crop to the context the model can read
             h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
             # W h^T rather than h W^T: for a few rows, the same product runs ~3x faster on a CPU
-            logits = self.softcap(torch.mm(self.lm_head.weight, h.t()).t()).float() / temperature  # (B, vocab_size)
+            logits = torch.mm(self.lm_head.weight, h.t()).t()  # (B, vocab_size)
+            logits = softcap(logits, self.config.logit_softcap).float() / temperature
             idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next

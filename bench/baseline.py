@@ -101,3 +101,34 @@ def plain_step(model: PlainGPT, optimizer: torch.optim.Optimizer, batches: list)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     return total
+
+
+@torch.no_grad()
+def plain_hellaswag(logits_fn, examples: list[dict], enc, block_size: int | None = None,
+                    batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """HellaSwag the plain way: four rows of context + ending per example, the logits of every position, and
+    the cross-entropy of each ending's tokens. Returns (n, 4) summed and mean losses, as
+    hellaswag.score_examples does; it is the reference that function's packed fast path is checked against.
+
+    logits_fn: tokens (R, T) -> logits (R, T, V), any model. A row longer than block_size loses context
+    from the left, the same tokens for the four endings (as hellaswag.pack_example cuts them).
+    """
+    sums, means = torch.zeros(len(examples), 4), torch.zeros(len(examples), 4)
+    for start in range(0, len(examples), batch_size):
+        rows, first = [], []  # each row's tokens, and the position of its ending's first token
+        for ex in examples[start:start + batch_size]:
+            ctx = enc.encode_ordinary(ex["ctx"])
+            ends = [enc.encode_ordinary(" " + e) for e in ex["endings"]]
+            if block_size is not None:
+                ctx = ctx[max(0, len(ctx) + max(map(len, ends)) - block_size):]
+            rows += [ctx + end for end in ends]
+            first += [len(ctx)] * 4
+        T = max(map(len, rows))
+        tokens = torch.tensor([row + [0] * (T - len(row)) for row in rows])  # (R, T), right-padded
+        logits = logits_fn(tokens).float()  # (R, T, V)
+        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (R, T-1)
+        for r, (row, f) in enumerate(zip(rows, first)):
+            ending = losses[r, f - 1:len(row) - 1]  # the logits at t predict token t+1
+            i, j = start + r // 4, r % 4
+            sums[i, j], means[i, j] = ending.sum(), ending.mean()
+    return sums, means

@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
         ratios.append(rates["fineweb"][-1] / rates["tiktoken"][-1])
 
     t0 = time.perf_counter()
-    n_read = sum(1 for _ in fineweb.iter_documents([big]))  # reading and parsing, all in one process
+    n_read = sum(len(fineweb.item_texts(item)) for item in fineweb.iter_work([big]))  # reading and parsing, in one process
     t_read = time.perf_counter() - t0
     assert n_read == len(docs)
     tmp.cleanup()

@@ -20,8 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hellaswag  # noqa: E402
 from bench.baseline import PlainGPT  # noqa: E402
-from model import GPT, PRESETS  # noqa: E402
+from model import GPT  # noqa: E402
+from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
+from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
+from device import pick_device  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -34,11 +37,10 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    import train_gpt
-    device = train_gpt.pick_device(args.device)
+    device = pick_device(args.device)
     torch.manual_seed(1337)
-    model = (train_gpt.model_from_checkpoint(train_gpt.open_checkpoint(args.checkpoint)[1]) if args.checkpoint
-             else GPT(PRESETS[args.preset]))
+    model = (model_from_checkpoint(open_checkpoint(args.checkpoint)[1]) if args.checkpoint
+             else GPT(model_config(PRESETS[args.preset])))
     model.to(device)
     enc = get_encoding()
     examples = hellaswag.load_examples(args.data, args.limit or None)

@@ -23,8 +23,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.baseline import PlainGPT  # noqa: E402
-from model import GPT, PRESETS  # noqa: E402
+from model import GPT  # noqa: E402
+from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
+from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
+from device import pick_device  # noqa: E402
 
 
 def timed(fn, repeats: int, device: str):
@@ -52,13 +55,12 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
-    import train_gpt
-    device = train_gpt.pick_device(args.device)
+    device = pick_device(args.device)
     torch.manual_seed(1337)
     if args.checkpoint:
-        model = train_gpt.model_from_checkpoint(train_gpt.open_checkpoint(args.checkpoint)[1])
+        model = model_from_checkpoint(open_checkpoint(args.checkpoint)[1])
     else:
-        model = GPT(PRESETS[args.preset])
+        model = GPT(model_config(PRESETS[args.preset]))
     plain = PlainGPT(model.config)
     plain.load_state_dict(model.state_dict())
     model.to(device).eval()

@@ -68,9 +68,10 @@ def worker(args) -> dict:
     """Time one configuration in this process; returns its figures."""
     import train_gpt
     from bench.baseline import PlainGPT, plain_optimizer, plain_step
+    from device import autocast_dtype, keep_freed_memory, pick_device
     from model import GPT
 
-    device = train_gpt.pick_device(args.device)
+    device = pick_device(args.device)
     cfg = train_gpt.preset_config(args.preset)
     cfg.batch_size, cfg.seq_len = args.batch_size, args.seq_len
     cfg.total_batch_size = args.batch_size * args.seq_len * args.accum
@@ -93,16 +94,15 @@ def worker(args) -> dict:
         model.to(device)
         device_type = device.split(":")[0]
         if device_type == "cpu":
-            train_gpt.keep_freed_memory()  # as train_gpt.main does
-        dtype = train_gpt.autocast_dtype(device_type, args.dtype)
+            keep_freed_memory()  # as train_gpt.main does
+        dtype = autocast_dtype(device_type, args.dtype)
         opt = train_gpt.configure_optimizer(model, cfg, device_type)
         fwd = torch.compile(model) if args.worker == "compiled" else model
         loader = RandomLoader(batches)
-        logger = train_gpt.Logger(".", enabled=False)
 
         def run(step):
-            return train_gpt.train_step(step, cfg, fwd, model, opt, loader, args.accum, device, dtype, logger,
-                                        lambda *a, **k: None)
+            return train_gpt.train_step(model=fwd, optimizer=opt, loader=loader, grad_accum=args.accum, step=step,
+                                        cfg=cfg, device=device, dtype=dtype)["train_loss"]
 
     times, first_loss = [], None
     for step in range(args.warmup + args.steps):
@@ -121,7 +121,7 @@ def worker(args) -> dict:
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="seed", choices=("seed", "gpt2", "tiny"))
+    p.add_argument("--preset", default="seed", choices=("seed", "gpt2", "tiny"), help="a preset of train_gpt.py")
     p.add_argument("--batch-size", type=int, default=4, help="micro-batch (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=512, help="(default: %(default)s)")
     p.add_argument("--accum", type=int, default=2, help="micro-steps per optimizer step (default: %(default)s)")
@@ -136,9 +136,9 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(worker(args)))
         return []
 
-    import train_gpt
-    device = train_gpt.pick_device(args.device)
-    dtype = train_gpt.autocast_dtype(device.split(":")[0], args.dtype)
+    from device import autocast_dtype, pick_device
+    device = pick_device(args.device)
+    dtype = autocast_dtype(device.split(":")[0], args.dtype)
     peak32 = matmul_peak(device, torch.float32)
     peak = peak32 if dtype == torch.float32 else matmul_peak(device, dtype)
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "

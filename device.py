@@ -1,0 +1,91 @@
+"""
+Where the model runs and in what precision, chosen in one place for every script.
+
+    from device import pick_device, autocast_dtype, autocast
+    device = pick_device("auto")                        # "cuda:0", "mps" or "cpu"
+    dtype = autocast_dtype(device.split(":")[0], "auto")  # bfloat16 where the device computes it natively
+    with autocast(device.split(":")[0], dtype):
+        logits, loss = model(x, y)
+"""
+
+import ctypes
+from contextlib import nullcontext
+
+import torch
+
+DTYPES = ("auto", "bfloat16", "float32")  # the choices of every script's --dtype
+
+
+def pick_device(name: str, local_rank: int = 0) -> str:
+    """"auto" -> the best available of cuda, mps, cpu; a named device must be available. Under torchrun each
+    process takes the GPU of its local rank."""
+    if name not in ("auto", "cuda", "mps", "cpu"):
+        raise SystemExit(f"error: --device must be auto, cuda, mps or cpu, got {name!r}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit("error: --device mps, but MPS is not available")
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda, but no CUDA device is available")
+        if local_rank >= torch.cuda.device_count():
+            raise SystemExit(f"error: process {local_rank} of this machine has no GPU of its own: the machine has "
+                             f"{torch.cuda.device_count()}, start at most that many (--nproc_per_node)")
+        name = f"cuda:{local_rank}"  # one device per process
+        torch.cuda.set_device(name)
+    return name
+
+
+def autocast_dtype(device_type: str, dtype: str) -> torch.dtype:
+    """--dtype -> the autocast dtype: "auto" is bfloat16 where the device computes it natively, else float32
+    (autocast off: bfloat16 emulated in software is slower than float32)."""
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if device_type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # AVX-512 BF16 or AMX
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device_type: str, dtype: torch.dtype):
+    """Mixed precision for the block inside it: matmuls in dtype, reductions in float32. float32: nothing."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def configure_for_training(device_type: str) -> None:
+    """Per-device settings of a training run: TF32 matmuls on CUDA, a malloc that keeps freed memory on CPU."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls (outside autocast) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if device_type == "cpu":
+        keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for the next allocation instead of giving it back to the OS at once.
+
+    A CPU training step allocates and frees the same large tensors every micro-step (the logits alone are
+    B x T x 50,304 floats, 400 MB at 4 x 512). glibc serves blocks above 32 MB with mmap and unmaps them when
+    freed, so every micro-step the kernel hands out those pages again, zeroed: page faults that cost the
+    `seed` step ~30% of its time on a 2-core CPU. Raising the mmap and trim thresholds keeps the blocks
+    in the heap for reuse. The price is memory: freed blocks stay with the process, and the heap
+    fragments, so the peak resident set of a `seed` step at 4 x 512 grows from ~2.4 to ~3.8 GB
+    (bench/train.py prints it). No effect outside glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc (macOS, musl, Windows)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers, from glibc's malloc.h
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # the largest glibc allows on 64-bit: 32 MB..1 GB blocks from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1)  # never shrink the heap on a free

@@ -1,0 +1,27 @@
+"""
+The one line a user sees when something fails outside our own code (torch, transformers, datasets, the OS).
+
+Their exceptions can span many lines, or bury the reason in a chain of causes. A script turns them into a
+single line, exit status 1 and no traceback:
+
+    from errors import one_line
+    raise SystemExit(f"error: cannot load --model {name}: {one_line(e)}") from None
+"""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message, at most `limit` characters; its type's name
+    if the message is empty."""
+    line = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return line[:limit] or type(e).__name__
+
+
+def os_reason(e: BaseException) -> str:
+    """The operating system's words for a failed read or write ("No space left on device"), wherever they
+    sit in the exception's chain: torch.save and safetensors wrap the OSError in a RuntimeError of their own."""
+    cause = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return f"write failed ({type(e).__name__})"

@@ -1,0 +1,92 @@
+"""
+What a training run writes and prints: log.jsonl, one JSON object per event (the run's config, versions and
+hardware first, then each step's metrics, val losses, HellaSwag, samples), each step's line and its ETA.
+
+    logger = Logger("log", enabled=True)
+    logger.log(7, train_loss=3.21, lr=6e-4)         # {"step": 7, "train_loss": 3.21, "lr": 0.0006}
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+
+class Logger:
+    """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only)."""
+
+    def __init__(self, out_dir: str, enabled: bool):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        self.enabled = enabled
+        if enabled:
+            try:
+                os.makedirs(out_dir, exist_ok=True)
+                with open(self.path, "a"):  # can we write there at all? Better to know before training
+                    pass
+            except OSError as e:
+                raise SystemExit(f"error: cannot write to --out-dir {out_dir}: {e.strerror}") from None
+
+    def log(self, step: int, **metrics) -> None:
+        if self.enabled:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+            except OSError as e:
+                raise SystemExit(f"error: cannot write {self.path}: {e.strerror}") from None
+
+    def size(self) -> int:
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def truncate(self, size: int) -> None:
+        """Forget what was logged after a checkpoint that a resumed run now redoes."""
+        if self.enabled and self.size() > size:  # never grow it: truncate() would pad with zero bytes
+            with open(self.path, "r+") as f:
+                f.truncate(size)
+
+
+def run_info(cfg, device: str, world_size: int) -> dict:
+    """What a reader of the log needs to reproduce the run: config, versions, hardware."""
+    info = {"config": asdict(cfg), "python": platform.python_version(), "torch": torch.__version__,
+            "device": device, "world_size": world_size, "argv": sys.argv}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m', 125 -> '2m05s', 42.4 -> '42s'."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class ETA:
+    """Seconds to the last step at the pace of the steps so far, evaluations included. The first step of a
+    process (warm-up, compilation) doesn't count."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps, self.start = max_steps, None  # start: (time, step) after the first step
+
+    def seconds(self, step: int) -> float | None:
+        if self.start is None or step <= self.start[1]:
+            return None
+        return (time.perf_counter() - self.start[0]) / (step - self.start[1]) * (self.max_steps - step)
+
+    def step_done(self, step: int) -> None:
+        if self.start is None:
+            self.start = (time.perf_counter(), step + 1)
+
+
+def step_line(step: int, m: dict, eta: float | None) -> str:
+    """What the loop prints for a training step's metrics."""
+    if "skipped" in m:
+        return f"step {step:5d} | non-finite loss {m['loss']} (norm {m['grad_norm']}): update skipped"
+    return (f"step {step:5d} | loss {m['train_loss']:.6f} | lr {m['lr']:.4e} | norm {m['grad_norm']:.4f} | "
+            f"{m['dt_ms']:.1f} ms | {m['tok_per_s']:,.0f} tok/s" + (f" | eta {format_duration(eta)}" if eta is not None else ""))

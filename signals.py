@@ -1,0 +1,52 @@
+"""
+Stopping a run cleanly: Ctrl-C (SIGINT) or a job scheduler's SIGTERM asks the training loop to stop after
+the step it is in, with a checkpoint, so that --resume continues it as if it had never stopped.
+
+    with StopSignals() as signals:
+        for step in ...:
+            if signals.stop(device):   # every process of a run stops at the same step
+                ...                    # write a checkpoint, then leave the loop
+"""
+
+import os
+import signal
+import sys
+import threading
+
+from distributed import any_process
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) or SIGTERM (a job scheduler's pre-emption) asks the loop to stop after the step it is
+    in, with a checkpoint. A second SIGINT exits at once: the checkpoints on disk are always complete."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may set handlers; the default ones stay
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            print("\nsecond interrupt: exiting now, without a checkpoint of this step", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
+
+    def stop(self, device: str) -> bool:
+        """Whether to stop now; under DDP, every process stops at the same step if any one got a signal."""
+        return any_process(self.received is not None, device)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received or signal.SIGTERM).name  # another process's signal: SIGTERM here
