@@ -15,10 +15,13 @@ import torch.distributed as dist
 from model import GPT
 
 
-def setup_distributed(device: str) -> tuple[int, int]:
+def setup_distributed(device: str, fsdp: bool = False) -> tuple[int, int]:
     """(rank, world_size): one process, (0, 1), unless launched by torchrun, which sets RANK. The processes
-    talk through NCCL between GPUs and through gloo between CPU processes."""
+    talk through NCCL between GPUs and through gloo between CPU processes. fsdp: --fsdp, which needs torchrun."""
     if "RANK" not in os.environ:
+        if fsdp:
+            raise SystemExit("error: --fsdp shards the model across processes started by torchrun: "
+                             "torchrun --standalone --nproc_per_node=N train_gpt.py --fsdp ...")
         return 0, 1
     device_type = device.split(":")[0]
     if device_type == "mps":

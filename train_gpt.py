@@ -17,6 +17,7 @@ learning-rate schedule, evaluation, checkpoints, one training step, and the loop
 """
 
 import argparse
+import gc
 import math
 import os
 import signal
@@ -382,7 +383,7 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + coeff * (cfg.max_lr - cfg.min_lr)
 
 # -----------------------------------------------------------------------------
-# evaluation and logging
+# evaluation
 
 
 @torch.no_grad()
@@ -460,9 +461,10 @@ def write_checkpoint(step: int, *, events_done: bool, cfg: TrainConfig, model: G
 
 def resume(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, loader: DataLoaderLite, logger: Logger,
            device: str, world_size: int) -> tuple[int, bool, bool]:
-    """(first step, whether its evaluations are done, whether it is a resumed run): (0, False, False) for a new run; for --resume, the state of
-    the latest good checkpoint in --out-dir is loaded, and the log cut back to where it was written.
-    Anything that doesn't match stops the run with one line, before anything is changed."""
+    """(first step, whether its evaluations are done, whether the run is resumed): (0, False, False) for a new
+    run. With --resume, the state of the latest good checkpoint in --out-dir is loaded (model, optimizer,
+    data position, RNG) and the log cut back to where it was written. Anything that doesn't match stops the
+    run with one line, before anything is changed."""
     found = checkpoint_to_resume(cfg.out_dir, cfg.resume)  # (path, contents) or None
     # each process reads --out-dir itself: on several machines it must be a folder they share
     if not same_in_every_process(found[1]["step"] if found else -1, device):
@@ -561,11 +563,8 @@ def main(argv=None) -> None:
     # distributed setup: one process, or one per device under torchrun
     local_rank = int(os.environ.get("LOCAL_RANK", 0))  # the process's number on its machine (torchrun sets it)
     device = pick_device(cfg.device, local_rank)  # each process binds its own GPU before they connect
-    rank, world_size = setup_distributed(device)
+    rank, world_size = setup_distributed(device, cfg.fsdp)
     master = rank == 0  # only this process prints, logs, samples and writes checkpoints
-    if cfg.fsdp and not dist.is_initialized():
-        raise SystemExit("error: --fsdp shards the model across processes started by torchrun: "
-                         "torchrun --standalone --nproc_per_node=N train_gpt.py --fsdp ...")
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
     dtype = autocast_dtype(device_type, cfg.dtype)  # of the forward passes; weights and updates stay float32
@@ -638,6 +637,10 @@ def main(argv=None) -> None:
             eta.step_done(step)
 
     if world_size > 1:
+        # DDP's and FSDP's hooks hold the process group in reference cycles: collect them while Python is whole,
+        # or gloo's threads are torn down at interpreter exit, which can abort the process
+        del model, train_model, optimizer, save
+        gc.collect()
         dist.destroy_process_group()
     if signals.received == signal.SIGINT:
         raise SystemExit(130)  # SIGTERM: exit status 0, so a scheduler sees a clean pre-emption
