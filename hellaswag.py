@@ -31,14 +31,12 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 
 import requests
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from atomic_write import atomic_write
@@ -178,48 +176,7 @@ def load_examples(path: str, limit: int | None = None) -> list[dict]:
     return examples
 
 # -----------------------------------------------------------------------------
-# rendering: an example -> four rows of tokens, and a mask of the tokens to score
-
-
-def render_example(example: dict, enc, block_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """tokens (4, T): row i is context + ending i, right-padded with 0; mask (4, T): 1 on the ending's
-    tokens (the ones scored), 0 on context and padding; and the label.
-
-    Context and endings are tokenized separately and concatenated. A row longer than block_size loses
-    context tokens from its left, as many as needed: the model couldn't read them anyway. The ending is
-    always kept whole.
-    """
-    ctx = enc.encode_ordinary(example["ctx"])
-    if not ctx:
-        raise HellaSwagError("an example with an empty context: its ending's first token can't be scored")
-    rows, masks = [], []
-    for ending in example["endings"]:
-        end = enc.encode_ordinary(" " + ending)  # GPT-2's tokens carry the space before a word
-        keep = len(ctx)
-        if block_size is not None and len(ctx) + len(end) > block_size:
-            keep = block_size - len(end)
-            if keep < 1:
-                raise HellaSwagError(f"an ending of {len(end)} tokens leaves no room for context in the "
-                                     f"model's {block_size}-token context")
-        rows.append(ctx[len(ctx) - keep:] + end)
-        masks.append([0] * keep + [1] * len(end))
-    T = max(len(row) for row in rows)
-    tokens = torch.zeros((4, T), dtype=torch.long)
-    mask = torch.zeros((4, T), dtype=torch.long)
-    for i, (row, m) in enumerate(zip(rows, masks)):
-        tokens[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(m)] = torch.tensor(m)
-    return tokens, mask, example["label"]
-
-
-def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens, mask) of several examples -> one (4 x examples, T) pair, right-padded to the longest.
-    Padding at the right leaves every position where it was, and causal attention never looks at it."""
-    T = max(tokens.size(1) for tokens, _ in items)
-    tokens = torch.cat([F.pad(t, (0, T - t.size(1))) for t, _ in items])  # (4b, T)
-    mask = torch.cat([F.pad(m, (0, T - m.size(1))) for _, m in items])  # (4b, T)
-    return tokens, mask
-
+# packing: an example -> one row of tokens, the context once and its four endings after it
 
 
 def pack_example(example: dict, enc, block_size: int | None = None) -> tuple[list[int], list[int], list[int]]:
@@ -227,7 +184,7 @@ def pack_example(example: dict, enc, block_size: int | None = None) -> tuple[lis
     Returns tokens, positions (each ending starts where the context ends) and segments (0: context,
     1..4: ending i+1). With an attention mask that lets an ending read the context and itself only, this
     computes what four rows of context + ending compute, for the context's cost once instead of four
-    times. The context is cut from the left as in render_example when the longest row needs it."""
+    times. When the longest row is longer than block_size, the context loses tokens from its left."""
     ctx = enc.encode_ordinary(example["ctx"])
     ends = [enc.encode_ordinary(" " + ending) for ending in example["endings"]]
     longest = max(len(end) for end in ends)
@@ -262,31 +219,11 @@ def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
 # -----------------------------------------------------------------------------
 # scoring
 #
-# A model is either our GPT (OpenAI's GPT-2 too: GPT.from_pretrained), or any callable (an nn.Module or a
-# plain function) mapping tokens (B, T) to logits (B, T, V). Our GPT gets a fast path: the output
-# head of the `seed` model (256 -> 50,304) costs more than its four blocks, so we apply it only at the
-# positions that predict an ending's token, about 40% of them.
-
-Model = GPT | Callable[[torch.Tensor], torch.Tensor]
+# The output head of the `seed` model (256 -> 50,304) costs more than its four blocks, so it is applied only
+# at the positions that predict an ending's token, about 40% of them. bench/baseline.py's plain_hellaswag
+# scores the plain way (four rows of context + ending, the logits of every position): the tests check that
+# both give the same losses, and bench/hellaswag.py times one against the other.
 HEAD_CHUNK = 1024  # scored positions per output-head matmul: bounds its logits to 1024 x 50,304 floats (200 MB)
-
-
-def ending_losses(model: Model, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed and mean cross-entropy of the masked tokens of each row. tokens, mask: (R, T) -> (R,), (R,)."""
-    R = tokens.size(0)
-    # the logits at position t predict token t+1: an ending token at t+1 is scored at position t
-    targets = tokens[:, 1:]  # (R, T-1)
-    scored = mask[:, 1:].bool()  # (R, T-1)
-    # cross-entropy over the model's whole vocabulary (padding ids included), in float32 even under autocast
-    if isinstance(model, GPT):
-        hidden = model.hidden_states(tokens)[:, :-1][scored]  # (N, C): N scored tokens in all rows
-        losses = head_losses(model.lm_head, hidden, targets[scored], cap=model.config.logit_softcap)  # (N,)
-    else:
-        logits = model(tokens)[:, :-1][scored]  # (N, V)
-        losses = F.cross_entropy(logits.float(), targets[scored], reduction="none")  # (N,)
-    row = torch.arange(R, device=tokens.device).unsqueeze(1).expand_as(scored)[scored]  # (N,) row of each
-    sums = torch.zeros(R, device=tokens.device).index_add_(0, row, losses)  # (R,)
-    return sums, sums / scored.sum(1)
 
 
 def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
@@ -337,63 +274,49 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
 
 
 @torch.inference_mode()
-def score_examples(model: Model, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                   batch_size: int = 32, block_size: int | None = None, progress: bool = False,
-                   packed: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def score_examples(model: GPT, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                   batch_size: int = 32, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed and mean loss of every ending: two (n, 4) float32 tensors, rows in the order of examples.
 
-    batch_size examples (x 4 endings) per forward pass, the examples sorted by length so that a batch
-    holds rows of similar lengths and little padding. block_size: the longest row the model reads
-    (default: our GPT's context; none for other models); longer rows lose context from the left.
-    Our GPT reads each example as one packed row (pack_example) unless packed=False; any other model
-    reads four rows of context + ending (render_example).
+    Each example is one packed row (pack_example), batch_size of them per forward pass, sorted by length so
+    that a batch holds rows of similar lengths and little padding. A row longer than the model's context
+    loses context tokens from its left.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if isinstance(model, DistributedDataParallel):
-        model = model.module  # no gradients here, so the wrapper has nothing to do; the fast path needs our GPT
-    packed = packed and isinstance(model, GPT)
-    if block_size is None and isinstance(model, GPT):
-        block_size = model.config.block_size
-    if packed:
-        rendered = [pack_example(ex, enc, block_size) for ex in examples]
-    else:
-        rendered = [render_example(ex, enc, block_size)[:2] for ex in examples]
-    length = [len(r[0]) if packed else r[0].size(1) for r in rendered]
-    order = sorted(range(len(rendered)), key=lambda i: -length[i])  # longest first: out of memory early, if at all
+    rendered = [pack_example(ex, enc, model.config.block_size) for ex in examples]
+    order = sorted(range(len(rendered)), key=lambda i: -len(rendered[i][0]))  # longest first: out of memory early
     sums = torch.zeros(len(examples), 4)
     means = torch.zeros(len(examples), 4)
     device_type = torch.device(device).type
-    is_module = isinstance(model, nn.Module)
-    was_training = is_module and model.training
-    if is_module:
-        model.eval()
+    was_training = model.training
+    model.eval()
     buf = None  # see head_losses
-    if packed and device_type == "cpu" and dtype == torch.float32:
+    if device_type == "cpu" and dtype == torch.float32:
         buf = torch.empty(HEAD_CHUNK, model.lm_head.out_features)
     try:
         with tqdm(total=len(examples), unit="ex", desc="hellaswag", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
+                batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
                 with autocast(device_type, dtype):
-                    if packed:
-                        batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
-                        s, m = packed_losses(model, *(t.to(device) for t in batch), buf=buf)  # (b, 4)
-                    else:
-                        tokens, mask = collate([rendered[i] for i in idx])  # (4b, T)
-                        s, m = ending_losses(model, tokens.to(device), mask.to(device))
-                sums[idx] = s.view(-1, 4).float().cpu()  # rows 4j..4j+3 are the endings of example idx[j]
-                means[idx] = m.view(-1, 4).float().cpu()
+                    s, m = packed_losses(model, *(t.to(device) for t in batch), buf=buf)  # (b, 4)
+                sums[idx] = s.float().cpu()
+                means[idx] = m.float().cpu()
                 bar.update(len(idx))
     finally:
-        if is_module:
-            model.train(was_training)
+        model.train(was_training)
     return sums, means
 
 
-def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             batch_size: int = 32, block_size: int | None = None, rank: int = 0, world_size: int = 1,
-             progress: bool = False, equal_shares: bool = False) -> dict:
+def count_correct(sums: torch.Tensor, means: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(acc's, acc_norm's) number of right answers: the ending of the lowest summed, or mean, loss."""
+    return (sums.argmin(1) == labels).sum().item(), (means.argmin(1) == labels).sum().item()
+
+
+def evaluate(model: GPT, examples: list[dict], enc, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             batch_size: int = 32, rank: int = 0, world_size: int = 1, progress: bool = False,
+             equal_shares: bool = False) -> dict:
     """{"n", "acc", "acc_norm"} of model on examples. Process `rank` of `world_size` scores every
     world_size-th example; under torch.distributed the counts are summed, so every process returns the
     totals. The model is put in eval mode and back in its previous mode; no random numbers are drawn.
@@ -405,11 +328,10 @@ def evaluate(model: Model, examples: list[dict], enc, device: str = "cpu", dtype
     n = len(mine)
     if equal_shares:
         mine = mine + examples[:math.ceil(len(examples) / world_size) - n]
-    sums, means = score_examples(model, mine, enc, device, dtype, batch_size, block_size, progress)
-    sums, means = sums[:n], means[:n]  # the padding isn't counted
+    sums, means = score_examples(model, mine, enc, device, dtype, batch_size, progress)
     labels = torch.tensor([ex["label"] for ex in mine[:n]], dtype=torch.long)
-    counts = torch.tensor([n, (sums.argmin(1) == labels).sum().item(),
-                           (means.argmin(1) == labels).sum().item()], dtype=torch.long, device=device)
+    correct = count_correct(sums[:n], means[:n], labels)  # the padding of equal shares isn't counted
+    counts = torch.tensor([n, *correct], dtype=torch.long, device=device)
     if dist.is_initialized():
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
     n, correct, correct_norm = counts.tolist()

@@ -105,30 +105,35 @@ def plain_step(model: PlainGPT, optimizer: torch.optim.Optimizer, batches: list)
 
 @torch.no_grad()
 def plain_hellaswag(logits_fn, examples: list[dict], enc, block_size: int | None = None,
-                    batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+                    batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """HellaSwag the plain way: four rows of context + ending per example, the logits of every position, and
     the cross-entropy of each ending's tokens. Returns (n, 4) summed and mean losses, as
     hellaswag.score_examples does; it is the reference that function's packed fast path is checked against.
 
-    logits_fn: tokens (R, T) -> logits (R, T, V), any model. A row longer than block_size loses context
-    from the left, the same tokens for the four endings (as hellaswag.pack_example cuts them).
+    logits_fn: tokens (R, T) -> logits (R, T, V), any model. batch_size examples (4 rows each) per call,
+    sorted by length so that a batch holds little padding. A row longer than block_size loses context from
+    the left, the same tokens for the four endings (as hellaswag.pack_example cuts them).
     """
+    rendered = []  # per example: four rows of tokens, and where the endings start
+    for ex in examples:
+        ctx = enc.encode_ordinary(ex["ctx"])
+        ends = [enc.encode_ordinary(" " + e) for e in ex["endings"]]
+        if block_size is not None:
+            ctx = ctx[max(0, len(ctx) + max(map(len, ends)) - block_size):]
+        rendered.append(([ctx + end for end in ends], len(ctx)))
+    order = sorted(range(len(examples)), key=lambda i: -max(map(len, rendered[i][0])))
     sums, means = torch.zeros(len(examples), 4), torch.zeros(len(examples), 4)
-    for start in range(0, len(examples), batch_size):
-        rows, first = [], []  # each row's tokens, and the position of its ending's first token
-        for ex in examples[start:start + batch_size]:
-            ctx = enc.encode_ordinary(ex["ctx"])
-            ends = [enc.encode_ordinary(" " + e) for e in ex["endings"]]
-            if block_size is not None:
-                ctx = ctx[max(0, len(ctx) + max(map(len, ends)) - block_size):]
-            rows += [ctx + end for end in ends]
-            first += [len(ctx)] * 4
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = [row for i in idx for row in rendered[i][0]]
         T = max(map(len, rows))
         tokens = torch.tensor([row + [0] * (T - len(row)) for row in rows])  # (R, T), right-padded
-        logits = logits_fn(tokens).float()  # (R, T, V)
-        losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (R, T-1)
-        for r, (row, f) in enumerate(zip(rows, first)):
-            ending = losses[r, f - 1:len(row) - 1]  # the logits at t predict token t+1
-            i, j = start + r // 4, r % 4
-            sums[i, j], means[i, j] = ending.sum(), ending.mean()
+        scored = torch.zeros(len(rows), T - 1, dtype=torch.bool)  # position t predicts token t+1: an ending's
+        for r, row in enumerate(rows):
+            scored[r, rendered[idx[r // 4]][1] - 1:len(row) - 1] = True
+        logits = logits_fn(tokens)[:, :-1].cpu()  # (R, T-1, V)
+        losses = F.cross_entropy(logits[scored].float(), tokens[:, 1:][scored], reduction="none")  # (N,)
+        for r, n in enumerate(scored.sum(1).tolist()):  # the losses come row by row, in order
+            ending, losses = losses[:n], losses[n:]
+            sums[idx[r // 4], r % 4], means[idx[r // 4], r % 4] = ending.sum(), ending.mean()
     return sums, means

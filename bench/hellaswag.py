@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hellaswag  # noqa: E402
-from bench.baseline import PlainGPT  # noqa: E402
+from bench.baseline import PlainGPT, plain_hellaswag  # noqa: E402
 from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
@@ -46,17 +46,18 @@ def main(argv=None) -> dict:
     examples = hellaswag.load_examples(args.data, args.limit or None)
     labels = torch.tensor([ex["label"] for ex in examples])
 
-    def run(m):
+    def run(score):
         t0 = time.perf_counter()
-        sums, means = hellaswag.score_examples(m, examples, enc, device, block_size=model.config.block_size)
+        sums, means = score()
         return time.perf_counter() - t0, sums, means
 
-    rows = {"hellaswag.py": run(model)}
+    rows = {"hellaswag.py": run(lambda: hellaswag.score_examples(model, examples, enc, device))}
     if not args.skip_plain:
         plain = PlainGPT(model.config)
         plain.load_state_dict(model.state_dict())
         plain.to(device).eval()
-        rows["plain (bench/baseline)"] = run(lambda tokens: plain(tokens)[0])
+        rows["plain (bench/baseline)"] = run(lambda: plain_hellaswag(lambda tokens: plain(tokens.to(device))[0],
+                                                                     examples, enc, model.config.block_size))
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else args.preset + ' preset, random weights'} | "
           f"{len(examples)} examples, float32")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the scripts are top-level modules
@@ -188,43 +187,3 @@ ITEM = {"ctx": "A man is sitting on a roof. he", "label": 3, "activity_label": "
         "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
                     "is holding a rubik's cube.", "starts pulling up roofing on a roof."]}
 
-# A model whose HellaSwag losses are known in advance: logits depend on the input token only, and each row of
-# its table is a normalised log-distribution, so the loss of token j after token i is -table[i, j].
-
-WORDS = {"c": 0, "x": 1, "y": 2, "z": 3, "w": 4}  # id 5 takes the probability mass left over
-LOSS = {("c", "x"): 2.0, ("c", "y"): 1.5, ("c", "z"): 3.0, ("c", "w"): 2.5,
-        ("y", "z"): 1.5, ("w", "w"): 2.5, ("x", "x"): 0.5}  # every other word pair: 6.0
-
-
-class WordEncoding:
-    """Stands in for the tokenizer: one token per space-separated word."""
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        return [WORDS[w] for w in text.split()]
-
-
-class BigramModel(nn.Module):
-    """tokens (B, T) -> logits (B, T, 6): row `token` of a fixed table of log-probabilities."""
-
-    def __init__(self):
-        super().__init__()
-        table = torch.full((6, 6), -6.0)
-        for (a, b), loss in LOSS.items():
-            table[WORDS[a], WORDS[b]] = -loss
-        table[:, 5] = torch.log(1 - table[:, :5].exp().sum(1))  # the rest of each row's mass
-        self.register_buffer("table", table)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table[idx]
-
-
-CRAFTED = [
-    # sums 2, 3, 3, 5 pick ending 0; means 2, 1.5, 3, 2.5 pick ending 1, the right one
-    {"ctx": "c", "endings": ["x", "y z", "z", "w w"], "label": 1},
-    # one token each: sums = means = 3, 1.5, 2.5, 2; both pick ending 1, right
-    {"ctx": "c", "endings": ["z", "y", "w", "x"], "label": 1},
-    # a context of two tokens: the ending is scored after its last one, "x"; losses 0.5, 6, 6, 6
-    {"ctx": "c x", "endings": ["x", "y", "z", "w"], "label": 2},
-]
-CRAFTED_SUMS = [[2.0, 3.0, 3.0, 5.0], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]
-CRAFTED_MEANS = [[2.0, 1.5, 3.0, 2.5], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]]

@@ -1,8 +1,8 @@
 """python -m pytest tests/test_hellaswag.py -v
 
-hellaswag.py: loading and checking the data, the cached download (against a local HTTP server), rendering
-and packing, scoring against known losses and against the model's full logits, ranks and processes, and
-the command line.
+hellaswag.py: loading and checking the data, the cached download (against a local HTTP server), packing,
+scoring against known losses and against plain scoring with the model's full logits (bench/baseline.py),
+ranks and processes, and the command line.
 """
 
 import functools
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import hellaswag
-from conftest import (CRAFTED, CRAFTED_MEANS, CRAFTED_SUMS, HELLASWAG, ITEM, MODERN, REPO, BigramModel,
-                      WordEncoding, small_gpt, write_model_checkpoint)
-from hellaswag import HellaSwagError, evaluate, load_examples, render_example, score_examples, val_file
+from bench.baseline import plain_hellaswag
+from conftest import HELLASWAG, ITEM, MODERN, REPO, small_gpt, write_model_checkpoint
+from hellaswag import HellaSwagError, count_correct, evaluate, load_examples, score_examples, val_file
 from model import GPT
 from tokenizer import get_encoding
 
@@ -154,74 +154,7 @@ def test_offline_or_http_error_says_pass_data(tmp_path, server):
     assert os.listdir(tmp_path / "cache") == []
 
 # -----------------------------------------------------------------------------
-# rendering
-
-
-def test_render_example(enc):
-    """Row i is context + " " + ending i; the mask is 1 on the ending only; the label is kept."""
-    tokens, mask, label = render_example(ITEM, enc)
-    ctx = enc.encode_ordinary(ITEM["ctx"])
-    ends = [enc.encode_ordinary(" " + e) for e in ITEM["endings"]]
-    T = len(ctx) + max(len(e) for e in ends)
-    assert tokens.shape == mask.shape == (4, T) and tokens.dtype == torch.long
-    assert label == 3
-    for i, end in enumerate(ends):
-        n = len(ctx) + len(end)
-        assert tokens[i, :n].tolist() == ctx + end and tokens[i, n:].eq(0).all()
-        assert mask[i].tolist() == [0] * len(ctx) + [1] * len(end) + [0] * (T - n)
-
-
-def test_render_cuts_context_from_the_left(enc):
-    """Rows longer than block_size keep the whole ending and the last tokens of the context."""
-    ctx = enc.encode_ordinary(ITEM["ctx"])
-    tokens, mask, _ = render_example(ITEM, enc, block_size=12)
-    for i, ending in enumerate(ITEM["endings"]):
-        end = enc.encode_ordinary(" " + ending)
-        row = tokens[i, :12].tolist()
-        assert row == ctx[-(12 - len(end)):] + end and mask[i].sum() == len(end)
-    with pytest.raises(HellaSwagError, match="no room for context"):
-        render_example(ITEM, enc, block_size=3)
-
-# -----------------------------------------------------------------------------
-# scoring
-
-
-def test_crafted_losses_and_choices():
-    """Known log-probabilities give the hand-computed sum and mean losses, and acc != acc_norm as designed."""
-    model, wenc = BigramModel(), WordEncoding()
-    sums, means = score_examples(model, CRAFTED, wenc, batch_size=2)
-    torch.testing.assert_close(sums, torch.tensor(CRAFTED_SUMS))
-    torch.testing.assert_close(means, torch.tensor(CRAFTED_MEANS))
-    assert evaluate(model, CRAFTED, wenc) == {"n": 3, "acc": 1 / 3, "acc_norm": 2 / 3}
-
-
-@pytest.mark.parametrize("options", [{}, MODERN], ids=["gpt2", "modern"])
-def test_fast_path_matches_full_logits(enc, hellaswag_data, options):
-    """Our GPT's paths (one packed row per example with per-token positions, rotary ones too, or four rows; the
-    head at the scored positions only, soft-capped like the model's logits) equal scoring four rows of
-    context + ending with the model's full (padded) logits."""
-    model = small_gpt(**options)
-    with torch.no_grad():
-        for p in model.parameters():  # zero-initialised projections (modern) would hide attention
-            p.add_(torch.randn_like(p) * 0.1)
-    examples = load_examples(str(hellaswag_data), limit=10)
-    packed = score_examples(model, examples, enc, batch_size=4)
-    rows = score_examples(model, examples, enc, batch_size=4, packed=False)
-    full = score_examples(lambda idx: model(idx)[0], examples, enc, batch_size=4)
-    torch.testing.assert_close(packed, full)
-    torch.testing.assert_close(rows, full)
-
-
-def test_head_losses_with_a_reused_buffer():
-    """head_losses into the CPU path's reused logits buffer equals head_losses without one, soft-capped too."""
-    head = torch.nn.Linear(32, 50304, bias=False)
-    buf = torch.empty(hellaswag.HEAD_CHUNK, head.out_features)
-    h = torch.randn(7, 32)
-    y = torch.randint(0, 50304, (7,))
-    with torch.no_grad():
-        for softcap in (0.0, 15.0):
-            torch.testing.assert_close(hellaswag.head_losses(head, h, y, buf, softcap),
-                                       hellaswag.head_losses(head, h, y, None, softcap))
+# packing
 
 
 def test_pack_example(enc):
@@ -235,6 +168,72 @@ def test_pack_example(enc):
     _, _, _, mask = hellaswag.collate_packed([(tokens, pos, seg)])
     j = len(ctx) + len(ends[0]) + 1  # the second token of ending 2 reads the context, itself and its first token
     assert mask[0, 0, j].nonzero().flatten().tolist() == list(range(len(ctx))) + [j - 1, j]
+
+
+def test_pack_cuts_context_from_the_left(enc):
+    """An example longer than the context keeps its endings whole and the last tokens of its context, as many
+    as the longest ending leaves room for; none left is a one-line error."""
+    ctx = enc.encode_ordinary(ITEM["ctx"])
+    ends = [enc.encode_ordinary(" " + e) for e in ITEM["endings"]]
+    tokens, pos, seg = hellaswag.pack_example(ITEM, enc, block_size=12)
+    keep = 12 - max(map(len, ends))
+    assert tokens == ctx[-keep:] + sum(ends, []) and seg.count(0) == keep
+    assert max(pos) == 11  # the longest row fills the context exactly
+    with pytest.raises(HellaSwagError, match="no room for context"):
+        hellaswag.pack_example(ITEM, enc, block_size=max(map(len, ends)))
+
+# -----------------------------------------------------------------------------
+# scoring
+
+
+def test_uniform_model_losses_are_known(enc, hellaswag_data):
+    """A model with every weight zero predicts the uniform distribution: each scored token costs ln(vocab), so
+    an ending's summed loss is its length times that, and its mean is that."""
+    model = small_gpt()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    examples = load_examples(str(hellaswag_data), limit=8)
+    sums, means = score_examples(model, examples, enc, batch_size=3)
+    lengths = torch.tensor([[len(enc.encode_ordinary(" " + e)) for e in ex["endings"]] for ex in examples])
+    ln_v = torch.log(torch.tensor(float(model.config.vocab_size)))
+    torch.testing.assert_close(sums, lengths * ln_v)
+    torch.testing.assert_close(means, torch.full_like(means, ln_v.item()))
+
+
+def test_acc_and_acc_norm_choose_by_sum_and_by_mean():
+    """acc picks the ending of the lowest summed loss, acc_norm the lowest mean: crafted so that they differ."""
+    sums = torch.tensor([[2.0, 3.0, 3.0, 5.0], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]])
+    means = torch.tensor([[2.0, 1.5, 3.0, 2.5], [3.0, 1.5, 2.5, 2.0], [0.5, 6.0, 6.0, 6.0]])
+    labels = torch.tensor([1, 1, 2])
+    assert count_correct(sums, means, labels) == (1, 2)  # example 0: by sum ending 0, by mean ending 1 (right)
+
+
+@pytest.mark.parametrize("options", [{}, MODERN], ids=["gpt2", "modern"])
+def test_fast_path_matches_full_logits(enc, hellaswag_data, options):
+    """The packed fast path (one row per example, per-token positions, rotary ones too; the head at the scored
+    positions only, soft-capped like the model's logits) equals plain scoring: four rows of context + ending
+    through the model's full (padded) logits."""
+    model = small_gpt(**options)
+    with torch.no_grad():
+        for p in model.parameters():  # zero-initialised projections (modern) would hide attention
+            p.add_(torch.randn_like(p) * 0.1)
+    examples = load_examples(str(hellaswag_data), limit=10)
+    packed = score_examples(model, examples, enc, batch_size=4)
+    full = plain_hellaswag(lambda idx: model(idx)[0], examples, enc)
+    torch.testing.assert_close(packed, full)
+
+
+def test_head_losses_with_a_reused_buffer():
+    """head_losses into the CPU path's reused logits buffer equals head_losses without one, soft-capped too."""
+    head = torch.nn.Linear(32, 50304, bias=False)
+    buf = torch.empty(hellaswag.HEAD_CHUNK, head.out_features)
+    h = torch.randn(7, 32)
+    y = torch.randint(0, 50304, (7,))
+    with torch.no_grad():
+        for cap in (0.0, 15.0):
+            torch.testing.assert_close(hellaswag.head_losses(head, h, y, buf, cap),
+                                       hellaswag.head_losses(head, h, y, None, cap))
 
 
 class SmallVocab:
@@ -258,53 +257,58 @@ def one_thread():
 
 
 def test_batched_equals_one_at_a_time(enc, hellaswag_data, one_thread):
-    """Many padded, packed examples per forward pass give the losses and choices of one example at a time."""
+    """Many padded, packed examples per forward pass give the losses and choices of plain scoring, one
+    example at a time."""
     model = small_gpt(vocab_size=512, n_layer=1)
     examples = load_examples(str(hellaswag_data))[::2]  # 200, of every length in the file
     sums, means = score_examples(model, examples, SmallVocab(enc), batch_size=64)
-    # the reference: four unpacked rows, one example at a time
-    one = [score_examples(model, [ex], SmallVocab(enc), batch_size=1, packed=False) for ex in examples]
-    torch.testing.assert_close(sums, torch.cat([s for s, _ in one]))
-    torch.testing.assert_close(means, torch.cat([m for _, m in one]))
-    assert torch.equal(sums.argmin(1), torch.cat([s for s, _ in one]).argmin(1))
-    assert torch.equal(means.argmin(1), torch.cat([m for _, m in one]).argmin(1))
+    one_sums, one_means = plain_hellaswag(lambda idx: model(idx)[0], examples, SmallVocab(enc), batch_size=1)
+    torch.testing.assert_close(sums, one_sums)
+    torch.testing.assert_close(means, one_means)
+    assert torch.equal(sums.argmin(1), one_sums.argmin(1)) and torch.equal(means.argmin(1), one_means.argmin(1))
 
 
-def test_evaluate_restores_mode_and_leaves_rng_alone():
+def test_evaluate_restores_mode_and_leaves_rng_alone(enc, hellaswag_data):
     """evaluate runs in eval mode, gives the model back in the mode it had, and draws no random numbers."""
-    model = BigramModel()
+    model = small_gpt()
     seen = []
-    model.register_forward_hook(lambda m, args, out: seen.append(m.training))
+    model.transformer.h[0].register_forward_hook(lambda m, args, out: seen.append(m.training))
+    examples = load_examples(str(hellaswag_data), limit=3)
     for mode in (True, False):
         model.train(mode)
         rng = torch.get_rng_state()
-        evaluate(model, CRAFTED, WordEncoding())
+        evaluate(model, examples, enc)
         assert model.training is mode and torch.equal(torch.get_rng_state(), rng)
     assert seen and not any(seen)
 
 
-def test_ranks_split_the_examples():
+def test_ranks_split_the_examples(enc, hellaswag_data):
     """Process r of w takes every w-th example: the ranks' counts add up to the whole."""
-    model, wenc = BigramModel(), WordEncoding()
-    parts = [evaluate(model, CRAFTED, wenc, rank=r, world_size=2) for r in (0, 1)]
-    assert [p["n"] for p in parts] == [2, 1]
-    assert sum(p["acc"] * p["n"] for p in parts) == 1 and sum(p["acc_norm"] * p["n"] for p in parts) == 2
+    model = small_gpt()
+    examples = load_examples(str(hellaswag_data), limit=9)
+    whole = evaluate(model, examples, enc)
+    parts = [evaluate(model, examples, enc, rank=r, world_size=2) for r in (0, 1)]
+    assert [p["n"] for p in parts] == [5, 4]
+    assert round(sum(p["acc"] * p["n"] for p in parts)) == round(whole["acc"] * 9)
+    assert round(sum(p["acc_norm"] * p["n"] for p in parts)) == round(whole["acc_norm"] * 9)
 
 
 DIST_SCRIPT = """
-import sys, torch.distributed as dist
+import sys, torch, torch.distributed as dist
 sys.path[:0] = [{repo!r}, {tests!r}]
-from conftest import BigramModel, WordEncoding, CRAFTED
-from hellaswag import evaluate
+from conftest import HELLASWAG, small_gpt
+from hellaswag import evaluate, load_examples
+from tokenizer import get_encoding
 rank = int(sys.argv[1])
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-print(evaluate(BigramModel(), CRAFTED, WordEncoding(), rank=rank, world_size=2))
+torch.manual_seed(0)  # the same weights in both processes
+print(evaluate(small_gpt(), load_examples(str(HELLASWAG), 9), get_encoding(), rank=rank, world_size=2))
 dist.destroy_process_group()
 """
 
 
 @pytest.mark.slow
-def test_distributed_ranks_return_the_totals():
+def test_distributed_ranks_return_the_totals(enc, hellaswag_data):
     """Under torch.distributed (2 processes, gloo), every rank returns the totals of all examples."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -314,7 +318,9 @@ def test_distributed_ranks_return_the_totals():
                               text=True) for r in (0, 1)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert [out.strip() for out, _ in outs] == [str({"n": 3, "acc": 1 / 3, "acc_norm": 2 / 3})] * 2
+    torch.manual_seed(0)
+    whole = evaluate(small_gpt(), load_examples(str(hellaswag_data), 9), enc)
+    assert [out.strip() for out, _ in outs] == [str(whole)] * 2
 
 # -----------------------------------------------------------------------------
 # command line
