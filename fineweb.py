@@ -44,7 +44,7 @@ SHARD_VERSION = 1
 HEADER_INTS = 256  # 1 KiB header: room to grow without moving the tokens
 HEADER_BYTES = HEADER_INTS * 4
 
-INPUT_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+INPUT_TYPES = (".txt", ".jsonl", ".parquet")  # a .jsonl is parsed here; the others are read through `datasets`
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 PROGRESS_FILE = "fineweb_progress.json"  # the resume manifest, in the out dir
@@ -112,7 +112,7 @@ def check_inputs(paths: list[str]) -> None:
             raise SystemExit(f"error: {path} is a folder: give the files in it, e.g. {path}/*.jsonl")
         if not os.path.isfile(path):
             raise SystemExit(f"error: input file not found: {path}")
-        if os.path.splitext(path)[1].lower() not in INPUT_BUILDERS:
+        if os.path.splitext(path)[1].lower() not in INPUT_TYPES:
             raise SystemExit(f"error: {path}: input files must be .txt, .jsonl or .parquet")
         if os.path.getsize(path) == 0:
             raise SystemExit(f"error: {path} is empty")
@@ -264,16 +264,14 @@ def _parse_jsonl(path: str, first_line: int, block: bytes) -> list[str]:
 
 
 def _file_documents(path: str) -> Iterator[str]:
-    """The documents of a .txt or .parquet file (or a .json one), read through `datasets`."""
+    """The documents of a .txt (one document) or a .parquet file (one per row), read through `datasets`."""
     import datasets  # heavy (a second or more): imported only by the code that needs it
     datasets.logging.set_verbosity(logging.CRITICAL)  # it logs the read errors we report in one line below
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # else each load_dataset() of a local file pings the hub
-    builder = INPUT_BUILDERS[os.path.splitext(path)[1].lower()]
+    builder = "text" if path.lower().endswith(".txt") else "parquet"  # the `datasets` builder that reads it
     kwargs = {"sample_by": "document"} if builder == "text" else {}
     n = 0
     try:
-        if builder == "json":
-            _check_no_null_lines(path)
         ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
         for row in ds:
             n += 1
@@ -285,41 +283,17 @@ def _file_documents(path: str) -> Iterator[str]:
             yield text
     except InputError:
         raise
-    except StopIteration:
-        pass  # datasets' json reader raises it for a file of blank lines: no documents, reported below
     except Exception as e:  # noqa: BLE001 -- whatever `datasets` or pyarrow raise, the user needs the file's name
         raise InputError(_unreadable(path, builder, e)) from None
     if n == 0:
         raise InputError(f"{path} holds no documents")
 
 
-NULL_LINE = re.compile(rb"[ \t\r]*null[ \t\r]*(?=\n|\Z)")  # a JSON line `null`
-NULL_LINE_AFTER_LF = re.compile(rb"\n" + NULL_LINE.pattern)  # starts with a literal: scans at ~1 GB/s
-
-
-def _check_no_null_lines(path: str) -> None:
-    """pyarrow (26.0.1) crashes the process (segfault) on a JSON line `null` that starts one of its blocks
-    (apache/arrow#47409): find one before `datasets` hands the file to it."""
-    import mmap
-    if os.path.getsize(path) == 0:
-        return  # mmap can't map it; `datasets` reads it as no documents
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if NULL_LINE.match(data, 3 if data[:3] == b"\xef\xbb\xbf" else 0):  # after the BOM, if any
-            line = 1
-        elif m := NULL_LINE_AFTER_LF.search(data):
-            end, step = m.start() + 1, 1 << 24  # count the line ends up to it, 16 MiB at a time
-            line = 1 + sum(data[i:min(i + step, end)].count(b"\n") for i in range(0, end, step))
-        else:
-            return
-        raise InputError(f"{path}, line {line}: null, not an object with a 'text' field")
-
-
 def _bad_record(path: str, builder: str, n: int, row: dict) -> str:
-    """The message for the n-th record, whose 'text' is missing or not a string."""
-    unit, kind = ("row", "column") if builder == "parquet" else ("record", "field")
+    """The message for the n-th row of a parquet file, whose 'text' is missing or not a string."""
     if "text" not in row:
-        return f"{path}: {unit} {n} has no 'text' {kind} (it has: {', '.join(map(str, row)) or 'nothing'})"
-    return f"{path}: {unit} {n}: 'text' is {_json_type(row['text'])}, not a string"
+        return f"{path}: row {n} has no 'text' column (it has: {', '.join(map(str, row)) or 'nothing'})"
+    return f"{path}: row {n}: 'text' is {_json_type(row['text'])}, not a string"
 
 
 def _unreadable(path: str, builder: str, e: Exception) -> str:
@@ -343,7 +317,7 @@ def _unreadable(path: str, builder: str, e: Exception) -> str:
                 return f"{path} holds no documents"
         except Exception:  # noqa: BLE001 -- not parquet at all: `e` says why
             pass
-    what = {"json": "JSON lines", "parquet": "a parquet file", "text": "UTF-8 text"}[builder]
+    what = {"parquet": "a parquet file", "text": "UTF-8 text"}[builder]
     return f"{path}: cannot read it as {what} ({one_line(e)})"
 
 
