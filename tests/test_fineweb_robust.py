@@ -260,6 +260,7 @@ BAD_INPUTS = [  # file name, its bytes (None: no such file), what the error line
     ("a.jsonl", None, r"^error: input file not found: .*a.jsonl$"),
     ("a.csv", b"text\nhello\n", r"a.csv: input files must be .txt, .jsonl or .parquet$"),
     ("a.bin", bytes(range(256)), r"a.bin: input files must be .txt, .jsonl or .parquet$"),
+    ("a.json", b'{"text": "a"}\n', r"a.json: input files must be .txt, .jsonl or .parquet$"),  # JSON lines go in a .jsonl
     ("a.txt", b"", r"a.txt is empty$"),
     ("a.jsonl", b"", r"a.jsonl is empty$"),
     ("a.jsonl", b"\n  \n\n", r"a.jsonl holds no documents$"),
