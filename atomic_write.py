@@ -54,7 +54,7 @@ def atomic_write(path: str, tmp: str | None = None, folder: bool = False) -> Ite
             if old:
                 shutil.rmtree(old)
         else:
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(tmp, os.O_RDWR)  # (Windows flushes only a file open for writing)
             try:
                 os.fsync(fd)  # the bytes are on disk before the rename makes them visible
             finally:

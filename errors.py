@@ -9,11 +9,12 @@ single line, exit status 1 and no traceback:
 """
 
 
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """The first non-blank line of an exception's message, at most `limit` characters; its type's name
-    if the message is empty."""
-    line = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    return line[:limit] or type(e).__name__
+def one_line(e: BaseException, whole: bool = False, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's message (whole: all its lines joined, for libraries such as
+    pyarrow that spread one reason over several), cut to `limit` characters; its type's name if it is empty."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ".join(" ".join(lines).split()) if whole else next(iter(lines), "")
+    return text[:limit] or type(e).__name__
 
 
 def os_reason(e: BaseException) -> str:

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -112,6 +111,7 @@ def write_folder(model: GPT, path: str, info: dict) -> None:
 
 def export(model: GPT, out: str, info: dict) -> None:
     """Write the folder beside out, then swap it in for out: nobody sees half an export (see atomic_write)."""
+    out = out.rstrip("/\\")
     try:
         with atomic_write(out, folder=True) as tmp:
             write_folder(model, tmp, info)

@@ -318,7 +318,7 @@ def _unreadable(path: str, builder: str, e: Exception) -> str:
         except Exception:  # noqa: BLE001 -- not parquet at all: `e` says why
             pass
     what = {"parquet": "a parquet file", "text": "UTF-8 text"}[builder]
-    return f"{path}: cannot read it as {what} ({one_line(e)})"
+    return f"{path}: cannot read it as {what} ({one_line(e, whole=True, limit=300)})"
 
 
 def _json_type(value) -> str:

@@ -11,9 +11,6 @@ Train a GPT-2 style model on token shards written by fineweb.py.
 Every field of TrainConfig is a flag (--max-steps, --batch-size, ...); --preset picks a whole
 configuration, --recipe how it is trained, and the other flags override both. Metrics go to <out-dir>/log.jsonl,
 one JSON object per event, and checkpoints to <out-dir>/ckpt_<step>.pt.
-
-The file reads in the order a run happens: config and presets, distributed setup, data, model, optimizer and
-learning-rate schedule, evaluation, checkpoints, one training step, and the loop (main) at the end.
 """
 
 import argparse
@@ -56,8 +53,9 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class TrainConfig:
-    preset: str = _f("seed", "a whole configuration (see PRESETS); other flags override it")
-    recipe: str = _f("gpt2", "how to train it: gpt2 (the reference run) or modern (see RECIPES); other flags override it")
+    preset: str = _f("seed", "seed (the reference run), gpt2 (GPT-2 124M) or tiny (a smoke test); flags override it")
+    recipe: str = _f("gpt2", "how to train it: gpt2 (the reference run) or modern (rotary positions, QK-norm, ReLU², "
+                             "zero-initialised projections, Muon, warmup-stable-decay); other flags override it")
     # model (see model.GPTConfig)
     n_layer: int = _f(4, "transformer blocks")
     n_head: int = _f(8, "attention heads per block")
@@ -136,7 +134,7 @@ RECIPES = {
                    max_lr=3e-3, min_lr=0.0, weight_decay=0.0, schedule="wsd", decay_frac=0.4),
 }
 
-MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig))  # n_layer, ..., the fields TrainConfig shares with GPTConfig
+MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name in GPTConfig.__dataclass_fields__)  # the model's
 # fields that a resumed run must share with its checkpoint: they fix the model, its optimizer's state and the
 # order of the data
 RESUME_FIELDS = MODEL_FIELDS + ("optimizer", "batch_size", "seq_len", "total_batch_size")
@@ -287,7 +285,7 @@ class DataLoaderLite:
 
 
 def make_loaders(cfg: TrainConfig, rank: int, world_size: int) -> tuple[DataLoaderLite, DataLoaderLite]:
-    """The train and val loaders; a missing or bad shard stops the run before anything is written."""
+    """The train and val loaders; a missing or bad shard stops the run with one line, before it changes anything."""
     try:
         return tuple(DataLoaderLite(cfg.data_dir, split, cfg.batch_size, cfg.seq_len, rank, world_size,
                                     cfg.vocab_size) for split in ("train", "val"))
@@ -320,9 +318,9 @@ def load_pretrained(cfg: TrainConfig, master: bool = True, world_size: int = 1) 
 
 
 def build_model(cfg: TrainConfig, device: str, world_size: int, pretrained: GPT | None) -> tuple[GPT, torch.nn.Module]:
-    """(model, train_model). model is our GPT: evaluation, sampling and checkpoints use it. train_model is
-    what a training step calls: the same model, wrapped by DDP when there are several processes, compiled
-    with --compile. Every process starts from the same weights: the same seed, or the same pretrained model."""
+    """(model, train_model). model is our GPT (under --fsdp its weights sharded): evaluation, sampling and
+    checkpoints use it. train_model is what a training step calls: the same model, wrapped by DDP when several
+    processes each hold a whole copy, compiled with --compile. Every process starts from the same weights."""
     model = (pretrained or GPT(model_config(cfg))).to(device)
     train_model = model
     if cfg.fsdp:  # each process keeps 1/world_size of the weights, gradients and optimizer state
@@ -435,11 +433,11 @@ def write_checkpoint(step: int, *, events_done: bool, cfg: TrainConfig, model: G
     evaluations are done (a resumed run doesn't redo them)."""
     path = checkpoint_path(cfg.out_dir, step)
     model_state, optim_state = full_state(model, optimizer, cfg.fsdp)  # {} on all but process 0
-    error = None
-    if logger.enabled and not all(torch.isfinite(t).all() for t in model_state.values()):
+    error, master = None, logger.enabled  # process 0: the one that logs, and writes the checkpoint
+    if master and not all(torch.isfinite(t).all() for t in model_state.values()):
         error = (f"error: the weights hold NaN or inf at step {step}: no checkpoint written, "
                  f"the earlier ones in {cfg.out_dir} are intact")
-    elif logger.enabled:  # process 0
+    elif master:
         rng = {"cpu": torch.get_rng_state()}
         if device.startswith("cuda"):
             rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -570,9 +568,9 @@ def main(argv=None) -> None:
     dtype = autocast_dtype(device_type, cfg.dtype)  # of the forward passes; weights and updates stay float32
     configure_for_training(device_type)
     torch.manual_seed(cfg.seed)
-    # with --init-from the model's shape is the pretrained one's: set in cfg before anything reads it
+    # with --init-from the model's shape is the pretrained one's: set in cfg before the data and model read it
     pretrained = load_pretrained(cfg, master, world_size) if cfg.init_from else None
-    logger = Logger(cfg.out_dir, enabled=master)
+    logger = Logger(cfg.out_dir, enabled=master)  # creates --out-dir, or stops if it can't be written
     if master:
         remove_partial_checkpoints(cfg.out_dir)  # what a crash left half-written
 
@@ -595,7 +593,7 @@ def main(argv=None) -> None:
     def due(every: int, step: int) -> bool:  # every N steps and at the last one; 0: never
         return every > 0 and (step % every == 0 or step == cfg.max_steps)
 
-    eta = ETA(cfg.max_steps)
+    eta, stopped = ETA(cfg.max_steps), False
     with StopSignals() as signals:
         for step in range(start_step, cfg.max_steps + 1):
             last_step = step == cfg.max_steps
@@ -603,6 +601,7 @@ def main(argv=None) -> None:
                 logger.log(step, event="stop", signal=signals.name)
                 path = save(step, events_done=False)
                 print0(f"stopped by {signals.name} before step {step}: {path} written, continue with --resume")
+                stopped = True
                 break
             # once in a while: evaluate, sample, checkpoint. A resumed run's first step did these before it stopped
             if not (step == start_step and events_done):
@@ -642,7 +641,7 @@ def main(argv=None) -> None:
         del model, train_model, optimizer, save
         gc.collect()
         dist.destroy_process_group()
-    if signals.received == signal.SIGINT:
+    if stopped and signals.received == signal.SIGINT:
         raise SystemExit(130)  # SIGTERM: exit status 0, so a scheduler sees a clean pre-emption
 
 

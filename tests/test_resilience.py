@@ -195,6 +195,20 @@ def test_sigint_checkpoints_and_a_second_one_exits_at_once(corpus_shards, tmp_pa
 # checkpoints that can be trusted
 
 
+def test_ctrl_c_in_the_last_step_lets_the_run_finish(corpus_shards, tmp_path, monkeypatch):
+    """A Ctrl-C that arrives during the last step comes too late to stop the run: it ends as a finished run,
+    with its final checkpoint and exit status 0 (no SystemExit), not as an interrupted one."""
+    real_step = train_gpt.train_step
+
+    def step(**kw):
+        if kw["step"] == 7:  # the last of 8 steps: a Ctrl-C while it runs
+            signal.raise_signal(signal.SIGINT)
+        return real_step(**kw)
+    monkeypatch.setattr(train_gpt, "train_step", step)
+    train_gpt.main([*FLAGS, "--max-steps", "8", "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path)])
+    assert (tmp_path / "ckpt_000008.pt").exists() and not any(e.get("event") == "stop" for e in read_log(tmp_path))
+
+
 @pytest.fixture(scope="module")
 def run_dir(corpus_shards, tmp_path_factory):
     """The run of FLAGS, in this process: checkpoints at steps 4, 8, 12 and 16."""
