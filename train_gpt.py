@@ -160,35 +160,6 @@ def saved_config(ckpt: dict, name: str):
     return ckpt["config"].get(name, getattr(DEFAULTS, name))
 
 
-def parse_config(argv=None) -> TrainConfig:
-    """Flags -> TrainConfig: the preset's values first, then the recipe's, then every flag given explicitly."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="seed", choices=PRESETS)
-    pre.add_argument("--recipe", default="gpt2", choices=RECIPES)
-    known, _ = pre.parse_known_args(argv)
-    defaults = apply_recipe(preset_config(known.preset), known.recipe)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    choices = {"preset": tuple(PRESETS), "recipe": tuple(RECIPES)}
-    for f in fields(TrainConfig):  # one flag per field: --max-steps for max_steps, its type from the default
-        default = getattr(defaults, f.name)
-        kw = dict(default=default, help=f.metadata["help"] + " (default: %(default)s)")
-        if isinstance(default, bool):
-            kw["action"] = argparse.BooleanOptionalAction  # --resume / --no-resume
-        else:
-            kw["type"] = type(default)
-            kw["metavar"] = {int: "N", float: "X", str: "STR"}[type(default)]
-        if f.name in choices or "choices" in f.metadata:
-            kw["choices"] = choices.get(f.name) or f.metadata["choices"]
-            kw.pop("metavar", None)  # let argparse list the choices
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
-    try:
-        check_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
-    return cfg
-
-
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise ValueError, with the flag to change, for values that can't work together."""
     model_config(cfg)  # GPTConfig checks its own fields
@@ -219,6 +190,35 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(f"--init-from {cfg.init_from} loads GPT-2's architecture: it can't have --rope, --qk-norm, "
                          "--mlp relu2 or --logit-softcap (with --recipe modern, pass --no-rope --no-qk-norm --mlp gelu "
                          "--logit-softcap 0 to keep its optimizer and schedule only)")
+
+
+def parse_config(argv=None) -> TrainConfig:
+    """Flags -> TrainConfig: the preset's values first, then the recipe's, then every flag given explicitly."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="seed", choices=PRESETS)
+    pre.add_argument("--recipe", default="gpt2", choices=RECIPES)
+    known, _ = pre.parse_known_args(argv)
+    defaults = apply_recipe(preset_config(known.preset), known.recipe)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    choices = {"preset": tuple(PRESETS), "recipe": tuple(RECIPES)}
+    for f in fields(TrainConfig):  # one flag per field: --max-steps for max_steps, its type from the default
+        default = getattr(defaults, f.name)
+        kw = dict(default=default, help=f.metadata["help"] + " (default: %(default)s)")
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction  # --resume / --no-resume
+        else:
+            kw["type"] = type(default)
+            kw["metavar"] = {int: "N", float: "X", str: "STR"}[type(default)]
+        if f.name in choices or "choices" in f.metadata:
+            kw["choices"] = choices.get(f.name) or f.metadata["choices"]
+            kw.pop("metavar", None)  # let argparse list the choices
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    cfg = TrainConfig(**vars(p.parse_args(argv)))
+    try:
+        check_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
+    return cfg
 
 # -----------------------------------------------------------------------------
 # data
