@@ -8,7 +8,8 @@ head that shares its weight with the token embedding. Parameter names follow Hug
 
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(n_layer=4, n_head=8, n_embd=256))   # the `seed` model: ~16M parameters
-    logits, loss = model(idx, targets)    # idx, targets: (B, T) token ids
+    logits, _ = model(idx)                # idx: (B, T) token ids -> logits (B, T, vocab_size)
+    _, loss = model(idx, targets)         # the mean loss, the logits never materialised (head_loss)
 """
 
 from dataclasses import dataclass
@@ -301,13 +302,14 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx, targets: (B, T) token ids. Returns logits (B, T, vocab_size) and the mean loss (or None)."""
-        logits = softcap(self.lm_head(self.hidden_states(idx)), self.config.logit_softcap)  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            # in float32 even under autocast: a softmax over 50k entries is where bf16 hurts most
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+        """idx: (B, T) token ids. Without targets: the logits (B, T, vocab_size) and None. With targets (B, T):
+        None and the mean loss, computed by head_loss a chunk of positions at a time: the B x T x vocab_size
+        logits (400 MB in float32 for the `seed` model at 4 x 512) never exist at once."""
+        h = self.hidden_states(idx)  # (B, T, C)
+        if targets is None:
+            return softcap(self.lm_head(h), self.config.logit_softcap), None  # (B, T, vocab_size)
+        loss = head_loss(h.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.config.logit_softcap)
+        return None, loss
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -341,9 +343,7 @@ class GPT(nn.Module):
             if cache is None:
                 x = idx[:, -block_size:]  # crop to the context the model can read
             h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
-            # W h^T rather than h W^T: for a few rows, the same product runs ~3x faster on a CPU
-            logits = torch.mm(self.lm_head.weight, h.t()).t()  # (B, vocab_size)
-            logits = softcap(logits, self.config.logit_softcap).float() / temperature
+            logits = head_logits(h, self.lm_head.weight, self.config.logit_softcap) / temperature  # (B, vocab_size)
             idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next
@@ -353,6 +353,90 @@ class GPT(nn.Module):
 def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
     """c * tanh(logits / c), in float32: the logits smoothly bounded by c. c = 0: the logits unchanged."""
     return c * torch.tanh(logits.float() / c) if c else logits
+
+# -----------------------------------------------------------------------------
+# the output head and its loss, a chunk of positions at a time
+#
+# The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
+# per token) and its logits are most of its memory: B x T x 50,304 floats, which a plain cross-entropy
+# then reads and writes several times over. Here HEAD_CHUNK positions at a time go through the matmul,
+# the log-softmax and, in training, the gradient, while their logits are still in the cache; only the
+# loss and the gradients of h and of the head's weight are kept.
+HEAD_CHUNK = 256  # positions per chunk: their float32 logits are 51 MB (256 x 50,304), the plain head's 400 MB at 4 x 512
+
+
+def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
+    """Float32 logits (N, vocab) of a few hidden states h (N, C) under the head's weight (vocab, C), soft-capped.
+    For a few rows (sampling), W h^T runs ~3x faster on a CPU than the same product as h W^T."""
+    return softcap(torch.mm(weight, h.t()).t().float(), cap)
+
+
+def chunk_log_probs(h: torch.Tensor, weight: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log_softmax of the logits of h (n, C), float32 (n, vocab), and tanh(logits / cap) if capped (else None)."""
+    logits = torch.mm(h, weight.t())  # (n, vocab), in the autocast dtype if any
+    if not cap:
+        return torch.log_softmax(logits, 1, dtype=torch.float32), None
+    t = logits.float().div_(cap).tanh_()
+    return torch.log_softmax(t * cap, 1), t
+
+
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of x runs in: autocast's where it is on, else x's own."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of each target (N,) under the logits of h (N, C): (N,) float32, without gradients."""
+    dtype = matmul_dtype(weight)
+    with torch.no_grad():
+        w, x = weight.to(dtype), h.to(dtype)  # one cast for all chunks (autocast would cast w per matmul)
+        return torch.cat([-chunk_log_probs(xc, w, cap)[0].gather(1, yc[:, None]).squeeze(1)
+                          for xc, yc in zip(x.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
+
+
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of targets (N,) under the logits of h (N, C): what F.cross_entropy of the full
+    logits gives, in float32, with its gradient. Under autocast the matmuls run in its dtype."""
+    if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
+        return head_losses(h, weight, targets, cap).mean()
+    return HeadLoss.apply(h, weight, targets, cap, matmul_dtype(weight))
+
+
+class HeadLoss(torch.autograd.Function):
+    """The mean cross-entropy of the head, its gradients computed in the forward pass, chunk by chunk.
+
+    A loss is a scalar, so its backward only scales what its forward can already compute: for each chunk,
+    d loss / d logits = (softmax - one_hot(target)) / N, times 1 - tanh^2 under the soft-cap, which goes
+    straight into the chunk's two gradient matmuls while it is in the cache. Nothing of size vocab is kept
+    for the backward pass but the weight's gradient, and no logits are computed twice.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, cap, dtype):
+        w, x = weight.to(dtype), h.to(dtype)  # one cast for all chunks (autocast would cast w per matmul)
+        loss = torch.zeros((), device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over chunks in float32
+        for i in range(0, len(h), HEAD_CHUNK):
+            xc, yc = x[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK, None]
+            log_probs, t = chunk_log_probs(xc, w, cap)  # (n, vocab) float32
+            loss -= log_probs.gather(1, yc).sum()
+            g = log_probs.exp_().scatter_add_(1, yc, torch.full(yc.shape, -1.0, device=h.device))  # softmax - one_hot
+            if t is not None:
+                g.mul_(1 - t * t)  # d (cap tanh(z / cap)) / dz
+            g = g.to(dtype)
+            grad_h[i:i + HEAD_CHUNK] = torch.mm(g, w)
+            grad_w += torch.mm(g.t(), xc)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.n, ctx.weight_dtype = len(h), weight.dtype
+        return loss / len(h)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss / ctx.n
+        return grad_h * scale, (grad_w * scale).to(ctx.weight_dtype), None, None, None
 
 
 def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,

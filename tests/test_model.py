@@ -16,13 +16,13 @@ from train_gpt import PRESETS, model_config
 
 
 def test_output_shapes():
-    """forward gives (B, T, vocab) logits, a scalar loss with targets, None without."""
+    """Without targets forward gives (B, T, vocab) logits and no loss; with targets, a scalar loss and no logits."""
     model = GPT(TINY)
     idx = torch.randint(0, 50257, (3, 17))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 17, TINY.vocab_size) and loss is None
     logits, loss = model(idx, idx)
-    assert logits.shape == (3, 17, TINY.vocab_size)
-    assert loss.shape == ()
-    assert model(idx)[1] is None
+    assert logits is None and loss.shape == ()
 
 
 def test_loss_at_init_is_uniform():

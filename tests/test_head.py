@@ -1,0 +1,135 @@
+"""python -m pytest tests/test_head.py -v
+
+The output head and its loss a chunk at a time (model.head_loss, HeadLoss): the same loss and gradients as
+F.cross_entropy of the full logits, with and without the soft-cap, under autocast and torch.compile, and
+nothing of size positions x vocab kept for the backward pass.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import model as M
+from conftest import MODERN, TINY
+from model import GPT, head_logits, head_loss, head_losses, softcap
+
+V, C = 1000, 32
+
+
+def plain_loss(h, weight, targets, cap):
+    return F.cross_entropy(softcap(h @ weight.t(), cap).float(), targets)
+
+
+def data(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, C, generator=g)
+    weight = torch.randn(V, C, generator=g) * 0.5
+    targets = torch.randint(0, V, (n,), generator=g)
+    return h, weight, targets
+
+
+def loss_and_grads(fn, h, weight, targets, cap, scale=1.0):
+    h, weight = h.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fn(h, weight, targets, cap)
+    (loss * scale).backward()
+    return loss.detach(), h.grad, weight.grad
+
+
+def assert_rel_close(a, b, tol):
+    """max |a - b| within tol of max |b|: the gradients of a mean loss are tiny, an absolute bound says nothing."""
+    assert (a - b).abs().max().item() <= tol * b.abs().max().item(), (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+@pytest.mark.parametrize("n", [1, 100, 600])  # within one chunk, and over several with a short last one
+def test_equals_plain_cross_entropy_in_float32(monkeypatch, cap, n):
+    monkeypatch.setattr(M, "HEAD_CHUNK", 256)
+    h, weight, targets = data(n)
+    ours = loss_and_grads(head_loss, h, weight, targets, cap)
+    ref = loss_and_grads(plain_loss, h, weight, targets, cap)
+    assert abs(ours[0].item() - ref[0].item()) <= 1e-5 * ref[0].item()
+    assert_rel_close(ours[1], ref[1], 1e-5)
+    assert_rel_close(ours[2], ref[2], 1e-5)
+
+
+def test_backward_scales_by_the_incoming_gradient():
+    """loss * 3 has three times the gradients: backward uses the gradient it is given, not 1."""
+    h, weight, targets = data(300)
+    one = loss_and_grads(head_loss, h, weight, targets, 0.0)
+    three = loss_and_grads(head_loss, h, weight, targets, 0.0, scale=3.0)
+    assert_rel_close(three[1], 3 * one[1], 1e-6)
+    assert_rel_close(three[2], 3 * one[2], 1e-6)
+
+
+def test_without_gradients_each_row_loss():
+    h, weight, targets = data(600)
+    ref = F.cross_entropy(softcap(h @ weight.t(), 3.0), targets, reduction="none")
+    torch.testing.assert_close(head_losses(h, weight, targets, 3.0), ref, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(head_loss(h, weight, targets, 3.0), ref.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_head_logits_are_the_plain_logits():
+    h, weight, _ = data(5)
+    torch.testing.assert_close(head_logits(h, weight, 3.0), softcap(h @ weight.t(), 3.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [TINY, replace(TINY, **MODERN)], ids=["gpt2", "modern"])
+def test_model_loss_and_every_gradient_equal_the_plain_head(config):
+    """Through the whole model (tied embedding, and the modern recipe's soft-cap): the chunked loss and
+    every parameter's gradient are those of the full logits' cross-entropy."""
+    torch.manual_seed(0)
+    model = GPT(config)
+    idx = torch.randint(0, 50257, (10, 60))  # 600 positions: several chunks
+    targets = torch.randint(0, 50257, (10, 60))
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ours = grads(model(idx, targets)[1])
+    logits, _ = model(idx)
+    ref = grads(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten()))
+    assert abs(ours[0] - ref[0]) <= 1e-5 * ref[0]
+    for name, g in ref[1].items():
+        assert_rel_close(ours[1][name], g, 1e-5)
+
+
+def test_nothing_of_vocab_size_per_position_is_saved_for_backward():
+    """The point of the chunks: no tensor of positions x vocab survives the forward pass."""
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    B, T = 16, 64
+    idx = torch.randint(0, 50257, (B, T))
+    biggest = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: biggest.append(t.numel()) or t, lambda t: t):
+        logits, loss = model(idx, idx)
+    assert logits is None
+    assert max(biggest) < B * T * TINY.vocab_size / 4
+    loss.backward()
+
+
+def test_autocast_bfloat16_close_to_the_plain_head():
+    h, weight, targets = data(600)
+    with torch.autocast("cpu", torch.bfloat16):
+        ours = loss_and_grads(head_loss, h, weight, targets, 0.0)
+        ref = loss_and_grads(plain_loss, h, weight, targets, 0.0)
+    assert ours[1].dtype == torch.float32 and ours[2].dtype == torch.float32
+    assert abs(ours[0].item() - ref[0].item()) <= 1e-2 * ref[0].item()
+    assert_rel_close(ours[1], ref[1], 2e-2)
+    assert_rel_close(ours[2], ref[2], 2e-2)
+
+
+@pytest.mark.slow
+def test_compiles_to_the_same_loss_and_gradients():
+    """torch.compile traces through HeadLoss: its loss and gradients are eager's."""
+    h, weight, targets = data(600)
+    compiled = torch.compile(head_loss)
+    ours = loss_and_grads(compiled, h, weight, targets, 3.0)
+    ref = loss_and_grads(head_loss, h, weight, targets, 3.0)
+    assert abs(ours[0].item() - ref[0].item()) <= 1e-5 * ref[0].item()
+    assert_rel_close(ours[1], ref[1], 1e-5)
+    assert_rel_close(ours[2], ref[2], 1e-5)
