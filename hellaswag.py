@@ -35,15 +35,13 @@ import time
 import requests
 import torch
 import torch.distributed as dist
-import torch.nn as nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from atomic_write import atomic_write
 from checkpoint import model_from_checkpoint, open_checkpoint
-from device import DTYPES, autocast, autocast_dtype, pick_device
+from device import DTYPES, autocast, autocast_dtype, keep_freed_memory, pick_device
 from errors import one_line
-from model import GPT, GPT2_NAMES, softcap
+from model import GPT, GPT2_NAMES, head_losses
 from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -223,36 +221,8 @@ def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
 # at the positions that predict an ending's token, about 40% of them. bench/baseline.py's plain_hellaswag
 # scores the plain way (four rows of context + ending, the logits of every position): the tests check that
 # both give the same losses, and bench/hellaswag.py times one against the other.
-HEAD_CHUNK = 1024  # scored positions per output-head matmul: bounds its logits to 1024 x 50,304 floats (200 MB)
-
-
-def head_losses(lm_head: nn.Linear, h: torch.Tensor, targets: torch.Tensor,
-                buf: torch.Tensor | None = None, cap: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of targets (N,) under the logits lm_head(h), h: (N, C), in float32, HEAD_CHUNK rows at a time.
-
-    buf: a (HEAD_CHUNK, vocab) float32 tensor to compute the logits in, reused from chunk to chunk. On a CPU
-    a fresh 200 MB tensor per chunk costs a page fault for every 4 KB written: more time than the matmul
-    (118M page faults over the full set without it). Without buf (GPUs cache their allocations; autocast
-    needs the plain call to compute in bfloat16), logits and cross-entropy the usual way. cap: the
-    model's logit_softcap (GPTConfig), applied to the logits as the model does.
-    """
-    if buf is None:
-        return torch.cat([F.cross_entropy(softcap(lm_head(hc), cap).float(), yc, reduction="none")
-                          for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
-    losses = []
-    for hc, yc in zip(h.split(HEAD_CHUNK), targets.split(HEAD_CHUNK)):
-        logits = torch.mm(hc, lm_head.weight.t(), out=buf[:len(hc)])  # (n, V)
-        if cap:
-            logits.div_(cap).tanh_().mul_(cap)
-        target = logits.gather(1, yc[:, None]).squeeze(1)  # (n,)
-        # -log p(y) = log(sum(exp(logits))) - logits[y], the log-sum-exp computed in place
-        top = logits.amax(1, keepdim=True)  # (n, 1)
-        losses.append(top.squeeze(1) + logits.sub_(top).exp_().sum(1).log() - target)
-    return torch.cat(losses)
-
-
-def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, mask: torch.Tensor,
-                  buf: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
+                  mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed and mean cross-entropy of each ending of packed rows: (B, L) -> (B, 4), (B, 4)."""
     hidden = model.hidden_states(tokens, pos, mask)  # (B, L, C)
     B, L = tokens.shape
@@ -266,7 +236,7 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
     b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
     h = hidden[b, src[scored]]  # (N, C)
     targets = tokens[scored]  # (N,)
-    losses = head_losses(model.lm_head, h, targets, buf, cap=model.config.logit_softcap)  # (N,)
+    losses = head_losses(h, model.lm_head.weight, targets, model.config.logit_softcap)  # (N,), a chunk at a time
     slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
     sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
     counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))
@@ -291,16 +261,13 @@ def score_examples(model: GPT, examples: list[dict], enc, device: str = "cpu", d
     device_type = torch.device(device).type
     was_training = model.training
     model.eval()
-    buf = None  # see head_losses
-    if device_type == "cpu" and dtype == torch.float32:
-        buf = torch.empty(HEAD_CHUNK, model.lm_head.out_features)
     try:
         with tqdm(total=len(examples), unit="ex", desc="hellaswag", disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
                 with autocast(device_type, dtype):
-                    s, m = packed_losses(model, *(t.to(device) for t in batch), buf=buf)  # (b, 4)
+                    s, m = packed_losses(model, *(t.to(device) for t in batch))  # (b, 4)
                 sums[idx] = s.float().cpu()
                 means[idx] = m.float().cpu()
                 bar.update(len(idx))
@@ -396,6 +363,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
+    if device == "cpu":
+        keep_freed_memory()  # the head's chunks reuse their memory rather than fault in fresh pages each time
     try:
         data = args.data or val_file(args.cache_dir)
         examples = load_examples(data, args.limit)
