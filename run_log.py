@@ -4,13 +4,19 @@ hardware first, then each step's metrics, val losses, HellaSwag, samples), each 
 
     logger = Logger("log", enabled=True)
     logger.log(7, train_loss=3.21, lr=6e-4)         # {"step": 7, "train_loss": 3.21, "lr": 0.0006}
+
+With a Weights & Biases project (train_gpt.py --wandb PROJECT) the same events also go to W&B: the run
+starts at the log's "start" event, with the run's config; a resumed run ("resume" event) continues the
+same W&B run, whose id is kept in <out_dir>/wandb_id.
 """
 
+import importlib.util
 import json
 import os
 import platform
 import sys
 import time
+import uuid
 from dataclasses import asdict
 
 import torch
@@ -19,9 +25,12 @@ import torch
 class Logger:
     """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only)."""
 
-    def __init__(self, out_dir: str, enabled: bool):
-        self.path = os.path.join(out_dir, "log.jsonl")
+    def __init__(self, out_dir: str, enabled: bool, wandb_project: str = "", wandb_name: str = ""):
+        self.out_dir, self.path = out_dir, os.path.join(out_dir, "log.jsonl")
         self.enabled = enabled
+        self.wandb_project, self.wandb_name, self.wandb = wandb_project, wandb_name, None
+        if wandb_project and importlib.util.find_spec("wandb") is None:  # every process stops, not the first only
+            raise SystemExit("error: --wandb needs the wandb package: pip install wandb")
         if enabled:
             try:
                 os.makedirs(out_dir, exist_ok=True)
@@ -31,12 +40,40 @@ class Logger:
                 raise SystemExit(f"error: cannot write to --out-dir {out_dir}: {e.strerror}") from None
 
     def log(self, step: int, **metrics) -> None:
-        if self.enabled:
-            try:
-                with open(self.path, "a") as f:
-                    f.write(json.dumps({"step": step, **metrics}) + "\n")
-            except OSError as e:
-                raise SystemExit(f"error: cannot write {self.path}: {e.strerror}") from None
+        if not self.enabled:
+            return
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as e:
+            raise SystemExit(f"error: cannot write {self.path}: {e.strerror}") from None
+        if self.wandb_project:
+            self.log_wandb(step, metrics)
+
+    def log_wandb(self, step: int, metrics: dict) -> None:
+        import wandb
+        if metrics.get("event") in ("start", "resume"):
+            id_path = os.path.join(self.out_dir, "wandb_id")
+            resumed = metrics["event"] == "resume" and os.path.exists(id_path)
+            run_id = open(id_path).read().strip() if resumed else uuid.uuid4().hex[:8]
+            with open(id_path, "w") as f:
+                f.write(run_id + "\n")
+            self.wandb = wandb.init(project=self.wandb_project, name=self.wandb_name or None, id=run_id,
+                                    resume="allow", dir=self.out_dir, config=metrics.get("config"))
+            return
+        if self.wandb is None:
+            return
+        data = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "samples" in metrics:
+            data["samples"] = wandb.Table(columns=["step", "sample"], data=[[step, s] for s in metrics["samples"]])
+        if data:
+            self.wandb.log(data, step=step)
+
+    def finish(self) -> None:
+        """Close the W&B run, if any (the log itself needs nothing)."""
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
 
     def size(self) -> int:
         return os.path.getsize(self.path) if os.path.exists(self.path) else 0

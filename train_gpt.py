@@ -104,6 +104,8 @@ class TrainConfig:
     dtype: str = _f("auto", "autocast dtype: auto (bfloat16 where the device computes it natively), bfloat16 or "
                             "float32", choices=DTYPES)
     seed: int = _f(1337, "random seed of the initialisation")
+    wandb: str = _f("", "also log to this Weights & Biases project (first process only; needs pip install wandb)")
+    wandb_run: str = _f("", "the W&B run's name (default: W&B picks one); a resumed run continues its W&B run")
     resume: bool = _f(False, "continue the latest checkpoint in --out-dir as the same run (a new run if there is none)")
     skip_nonfinite: bool = _f(False, "skip an update whose loss or gradient is NaN/inf instead of stopping")
     init_from: str = _f("", "start from OpenAI's GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face "
@@ -135,8 +137,7 @@ RECIPES = {
 }
 
 MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name in GPTConfig.__dataclass_fields__)  # the model's
-# fields that a resumed run must share with its checkpoint: they fix the model, its optimizer's state and the
-# order of the data
+# fields a resumed run must share with its checkpoint: they fix the model, its optimizer's state, the data order
 RESUME_FIELDS = MODEL_FIELDS + ("optimizer", "batch_size", "seq_len", "total_batch_size")
 DEFAULTS = TrainConfig()  # what a checkpoint written before a field existed had, in effect
 
@@ -570,7 +571,7 @@ def main(argv=None) -> None:
     torch.manual_seed(cfg.seed)
     # with --init-from the model's shape is the pretrained one's: set in cfg before the data and model read it
     pretrained = load_pretrained(cfg, master, world_size) if cfg.init_from else None
-    logger = Logger(cfg.out_dir, enabled=master)  # creates --out-dir, or stops if it can't be written
+    logger = Logger(cfg.out_dir, master, cfg.wandb, cfg.wandb_run)  # creates --out-dir, or stops if it can't be written
     if master:
         remove_partial_checkpoints(cfg.out_dir)  # what a crash left half-written
 
@@ -634,7 +635,7 @@ def main(argv=None) -> None:
             print0(step_line(step, metrics, seconds_left))
             logger.log(step, **metrics)
             eta.step_done(step)
-
+    logger.finish()
     if world_size > 1:
         # DDP's and FSDP's hooks hold the process group in reference cycles: collect them while Python is whole,
         # or gloo's threads are torn down at interpreter exit, which can abort the process
