@@ -236,7 +236,7 @@ def packed_losses(model: GPT, tokens: torch.Tensor, pos: torch.Tensor, seg: torc
     b = torch.arange(B, device=tokens.device)[:, None].expand(B, L)[scored]  # (N,)
     h = hidden[b, src[scored]]  # (N, C)
     targets = tokens[scored]  # (N,)
-    losses = head_losses(h, model.lm_head.weight, targets, model.config.logit_softcap)  # (N,), a chunk at a time
+    losses = head_losses(h, model.lm_head.weight, targets, model.config.logit_softcap)  # (N,), in chunks
     slot = b * 4 + seg[scored] - 1  # (N,) which of the B x 4 endings each loss belongs to
     sums = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, losses)
     counts = torch.zeros(B * 4, device=tokens.device).index_add_(0, slot, torch.ones_like(losses))

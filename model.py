@@ -358,11 +358,12 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # the output head and its loss, a chunk of positions at a time
 #
 # The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
-# per token) and its logits are most of its memory: B x T x 50,304 floats, which a plain cross-entropy
-# then reads and writes several times over. Here HEAD_CHUNK positions at a time go through the matmul,
-# the log-softmax and, in training, the gradient, while their logits are still in the cache; only the
-# loss and the gradients of h and of the head's weight are kept.
-HEAD_CHUNK = 256  # positions per chunk: their float32 logits are 51 MB (256 x 50,304), the plain head's 400 MB at 4 x 512
+# per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
+# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here
+# HEAD_CHUNK positions at a time go through the matmul, the log-softmax and, in training, the gradient;
+# only the loss and the gradients of h and of the head's weight are kept. The chunks' logits and
+# log-probabilities go into the same two buffers, one pair per call.
+HEAD_CHUNK = 512  # positions per chunk: 103 MB of float32 log-probabilities at vocab 50,304
 
 
 def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -371,28 +372,49 @@ def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torc
     return softcap(torch.mm(weight, h.t()).t().float(), cap)
 
 
-def chunk_log_probs(h: torch.Tensor, weight: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log_softmax of the logits of h (n, C), float32 (n, vocab), and tanh(logits / cap) if capped (else None)."""
-    logits = torch.mm(h, weight.t())  # (n, vocab), in the autocast dtype if any
-    if not cap:
-        return torch.log_softmax(logits, 1, dtype=torch.float32), None
-    t = logits.float().div_(cap).tanh_()
-    return torch.log_softmax(t * cap, 1), t
-
-
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a matmul of x runs in: autocast's where it is on, else x's own."""
     device_type = x.device.type
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
 
 
+class HeadChunks:
+    """The chunks of positions of h (N, C) and their targets (N,), with the head's weight cast once (autocast
+    would cast it for every matmul) and one set of buffers for the chunks' logits and log-probabilities."""
+
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype):
+        self.x, self.w, self.targets, self.cap, self.dtype = h.to(dtype), weight.to(dtype), targets, cap, dtype
+        shape = (min(HEAD_CHUNK, len(h)), weight.size(0))
+        self.logits = torch.empty(shape, dtype=dtype, device=h.device)
+        self.log_probs = torch.empty(shape, dtype=torch.float32, device=h.device)
+
+    def __iter__(self):
+        """Yields (start, x, targets (n, 1), log-probabilities (n, vocab) float32, t): t = tanh(logits / cap)
+        (n, vocab) float32 under the soft-cap, else None; then the buffer logits[:n] holds the raw logits."""
+        for i in range(0, len(self.x), HEAD_CHUNK):
+            x, y = self.x[i:i + HEAD_CHUNK], self.targets[i:i + HEAD_CHUNK, None]
+            logits, log_probs = self.logits[:len(x)], self.log_probs[:len(x)]
+            torch.mm(x, self.w.t(), out=logits)  # (n, vocab)
+            t = None
+            if self.cap:
+                t = logits.float().div_(self.cap).tanh_()  # the capped logits are cap * t
+                torch.log_softmax(t * self.cap, 1, out=log_probs)
+            else:
+                torch.log_softmax(logits, 1, dtype=torch.float32, out=log_probs)
+            yield i, x, y, log_probs, t
+
+
 def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of each target (N,) under the logits of h (N, C): (N,) float32, without gradients."""
-    dtype = matmul_dtype(weight)
+    """Cross-entropy of each target (N,) under the logits of h (N, C): (N,) float32, without gradients.
+
+    The positions are padded to whole chunks, so that every chunk's matmul has the same shape. A CPU's
+    matmul library keeps a plan, with a copy of the weight laid out for it, for every shape it meets:
+    HellaSwag's batches, each with its own number of positions, grew a process by ~150 MB a batch.
+    """
+    n, pad = len(h), -len(h) % HEAD_CHUNK
     with torch.no_grad():
-        w, x = weight.to(dtype), h.to(dtype)  # one cast for all chunks (autocast would cast w per matmul)
-        return torch.cat([-chunk_log_probs(xc, w, cap)[0].gather(1, yc[:, None]).squeeze(1)
-                          for xc, yc in zip(x.split(HEAD_CHUNK), targets.split(HEAD_CHUNK))])
+        chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, matmul_dtype(weight))
+        return torch.cat([-log_probs.gather(1, y).squeeze(1) for _, _, y, log_probs, _ in chunks])[:n]
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -408,26 +430,32 @@ class HeadLoss(torch.autograd.Function):
 
     A loss is a scalar, so its backward only scales what its forward can already compute: for each chunk,
     d loss / d logits = (softmax - one_hot(target)) / N, times 1 - tanh^2 under the soft-cap, which goes
-    straight into the chunk's two gradient matmuls while it is in the cache. Nothing of size vocab is kept
-    for the backward pass but the weight's gradient, and no logits are computed twice.
+    straight into the chunk's two gradient matmuls. Nothing of size vocab is kept for the backward pass
+    but the weight's gradient, and no logits are computed twice.
     """
 
     @staticmethod
     def forward(ctx, h, weight, targets, cap, dtype):
-        w, x = weight.to(dtype), h.to(dtype)  # one cast for all chunks (autocast would cast w per matmul)
+        chunks = HeadChunks(h, weight, targets, cap, dtype)
         loss = torch.zeros((), device=h.device)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over chunks in float32
-        for i in range(0, len(h), HEAD_CHUNK):
-            xc, yc = x[i:i + HEAD_CHUNK], targets[i:i + HEAD_CHUNK, None]
-            log_probs, t = chunk_log_probs(xc, w, cap)  # (n, vocab) float32
-            loss -= log_probs.gather(1, yc).sum()
-            g = log_probs.exp_().scatter_add_(1, yc, torch.full(yc.shape, -1.0, device=h.device))  # softmax - one_hot
-            if t is not None:
-                g.mul_(1 - t * t)  # d (cap tanh(z / cap)) / dz
-            g = g.to(dtype)
-            grad_h[i:i + HEAD_CHUNK] = torch.mm(g, w)
-            grad_w += torch.mm(g.t(), xc)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over the chunks in float32
+        for i, x, y, log_probs, t in chunks:
+            log_p = log_probs.gather(1, y)  # (n, 1)
+            loss -= log_p.sum()
+            if t is None:
+                g = torch.softmax(chunks.logits[:len(x)], 1, out=chunks.logits[:len(x)])  # in place, in dtype
+                dcap = 1.0
+            else:
+                g = log_probs.exp_().mul_(1 - t * t).to(dtype)  # the softmax, through the cap
+                dcap = 1 - t.gather(1, y) ** 2  # (n, 1) the cap's derivative at the targets
+            # minus one_hot(target), that entry from float32: p - 1 in bfloat16 would lose p's last bits
+            g.scatter_(1, y, ((log_p.exp() - 1) * dcap).to(dtype))
+            grad_h[i:i + len(x)] = torch.mm(g, chunks.w)
+            if dtype == grad_w.dtype:
+                grad_w.addmm_(g.t(), x)
+            else:  # a bfloat16 product, summed in float32
+                grad_w += torch.mm(g.t(), x)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.weight_dtype = len(h), weight.dtype
         return loss / len(h)
