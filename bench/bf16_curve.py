@@ -33,6 +33,7 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="tiny", choices=("tiny", "seed", "gpt2"))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     curves, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +56,13 @@ def main(argv=None) -> dict:
     print(f"max |diff| {max(diffs):.4f}, mean |diff| {statistics.mean(diffs):.4f}; mean loss of the last quarter: "
           f"float32 {statistics.mean(a[s] for s in last):.4f}, bfloat16 {statistics.mean(b[s] for s in last):.4f}")
     print(f"wall: float32 {seconds['float32']:.0f} s, bfloat16 {seconds['bfloat16']:.0f} s")
-    return {"max": max(diffs), "mean": statistics.mean(diffs)}
+    res = {"max": max(diffs), "mean": statistics.mean(diffs), "steps": args.steps,
+           "last_quarter": {"float32": statistics.mean(a[s] for s in last), "bfloat16": statistics.mean(b[s] for s in last)},
+           "seconds": seconds}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
 
 
 if __name__ == "__main__":

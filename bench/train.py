@@ -3,6 +3,7 @@ Training speed: tokens/s and model FLOP utilisation of train_gpt.py's step, agai
 matmul peak and a plain baseline step (bench/baseline.py), all measured in the same run.
 
     python bench/train.py                                  # seed preset, micro-batch 4 x 512
+    python bench/train.py --compile --runs 3               # and compiled, three rounds: the median and range
     python bench/train.py --preset gpt2 --batch-size 16 --seq-len 1024 --compile   # on a GPU
 
 Each configuration runs in a fresh process (so its peak memory is its own) on the same random tokens
@@ -68,7 +69,7 @@ def worker(args) -> dict:
     """Time one configuration in this process; returns its figures."""
     import train_gpt
     from bench.baseline import PlainGPT, plain_optimizer, plain_step
-    from device import autocast_dtype, keep_freed_memory, pick_device
+    from device import autocast, autocast_dtype, keep_freed_memory, pick_device
     from model import GPT
 
     device = pick_device(args.device)
@@ -83,13 +84,18 @@ def worker(args) -> dict:
                 torch.randint(0, 50257, (cfg.batch_size, cfg.seq_len), generator=g)) for _ in range(args.accum)]
     batches_dev = [(x.to(device), y.to(device)) for x, y in batches]
 
-    if args.worker == "plain":
+    if args.worker.startswith("plain"):
         plain = PlainGPT(model.config)
         plain.load_state_dict(model.state_dict())  # the same weights
         plain.to(device)
         opt = plain_optimizer(plain)
-        run = lambda step: plain_step(plain, opt, batches_dev)  # noqa: E731
-        dtype = torch.float32
+        best = args.worker == "plain-best"  # its best: bfloat16 autocast (where native) and torch.compile
+        dtype = autocast_dtype(device.split(":")[0], args.dtype) if best else torch.float32
+        fwd = torch.compile(plain) if best else plain
+
+        def run(step):
+            with autocast(device.split(":")[0], dtype):
+                return plain_step(fwd, opt, batches_dev)
     else:
         model.to(device)
         device_type = device.split(":")[0]
@@ -129,7 +135,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=1, help="untimed first steps (default: %(default)s)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"), help="for this repository's step")
-    p.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the step under torch.compile, and the plain baseline's best: compiled, with autocast")
+    p.add_argument("--runs", type=int, default=1, help="runs of every configuration, one round after another (default: %(default)s)")
+    p.add_argument("--configs", help="comma-separated, of plain, plain-best, ours, compiled (default: plain and ours, "
+                   "and with --compile the other two)")
+    p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time one configuration, print JSON
     args = p.parse_args(argv)
     if args.worker:
@@ -145,27 +156,47 @@ def main(argv=None) -> list[dict]:
           f"matmul peak float32 {peak32 / 1e9:,.0f} GFLOP/s" +
           (f", {str(dtype)[6:]} {peak / 1e9:,.0f} GFLOP/s" if dtype != torch.float32 else ""))
 
-    configs = ["plain", "ours"] + (["compiled"] if args.compile else [])
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("compile", "worker")]
-    results = []
-    for c in configs:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, "--worker", c],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"error: the {c} configuration failed:\n{out.stderr[-2000:]}")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    configs = ["plain"] + (["plain-best"] if args.compile else []) + ["ours"] + (["compiled"] if args.compile else [])
+    if args.configs:
+        configs = args.configs.split(",")
+        if not set(configs) <= {"plain", "plain-best", "ours", "compiled"}:
+            p.error(f"--configs: unknown configuration in {args.configs!r}")
+    passed = ("preset", "batch_size", "seq_len", "accum", "steps", "warmup", "device", "dtype")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in passed]
+    runs = {c: [] for c in configs}
+    for _ in range(args.runs):  # round after round, so that a slow spell of a shared machine hits every configuration
+        for c in configs:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, "--worker", c],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"error: the {c} configuration failed:\n{out.stderr[-2000:]}")
+            runs[c].append(json.loads(out.stdout.strip().splitlines()[-1]))
 
+    results = [sorted(rs, key=lambda r: r["tok_s"])[(len(rs) - 1) // 2] for rs in runs.values()]  # the median run
+    for r in results:
+        r["flops_per_token"] = 6 * r["n_params"] + 12 * r["n_layer"] * r["n_embd"] * args.seq_len
+        r["peak_flops"] = peak32 if r["dtype"] == "float32" else peak
+        r["mfu"] = r["tok_s"] * r["flops_per_token"] / r["peak_flops"]
     base = results[0]["tok_s"]
     print(f"\n{args.preset} preset, micro-batch {args.batch_size} x {args.seq_len}, {args.accum} micro-steps per step, "
-          f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'step':<22}{'dtype':>9}{'tokens/s':>10}{'vs plain':>10}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
+          f"median of {args.steps} steps after {args.warmup} warm-up" +
+          (f"; the median of {args.runs} runs, their range in brackets" if args.runs > 1 else ""))
+    print(f"{'step':<26}{'dtype':>9}{'tokens/s':>10}{'vs plain':>10}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
     for r in results:
-        flops_per_token = 6 * r["n_params"] + 12 * r["n_layer"] * r["n_embd"] * args.seq_len
-        mfu = r["tok_s"] * flops_per_token / (peak32 if r["dtype"] == "float32" else peak)
-        name = {"plain": "plain (bench/baseline)", "ours": "train_gpt", "compiled": "train_gpt --compile"}[r["config"]]
-        print(f"{name:<22}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base:>9.2f}x{mfu:>7.1%}"
-              f"{r['peak_mb']:>9,.0f}{r['first_loss']:>12.5f}")
-    print(f"FLOPs per token {flops_per_token / 1e6:.1f} M; MFU against the matmul peak of the step's dtype")
+        name = {"plain": "plain (bench/baseline)", "plain-best": "plain, compile + autocast", "ours": "train_gpt",
+                "compiled": "train_gpt --compile"}[r["config"]]
+        spread = [x["tok_s"] for x in runs[r["config"]]]
+        print(f"{name:<26}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base:>9.2f}x{r['mfu']:>7.1%}"
+              f"{r['peak_mb']:>9,.0f}{r['first_loss']:>12.5f}" +
+              (f"  [{min(spread):,.0f}-{max(spread):,.0f}]" if args.runs > 1 else ""))
+    print(f"FLOPs per token {results[0]['flops_per_token'] / 1e6:.1f} M; MFU against the matmul peak of the step's dtype")
+    if {"plain-best", "compiled"} <= set(configs):
+        best = {r["config"]: r["tok_s"] for r in results}
+        print(f"train_gpt's best against the plain baseline's best (both compiled, {dtype}): "
+              f"{max(best.get('ours', 0), best['compiled']) / best['plain-best']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     return results
 
 

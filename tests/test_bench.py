@@ -1,0 +1,37 @@
+"""python -m pytest tests/test_bench.py -v
+
+bench/gpu.sh, the GPU checks in one script: its dry run does every step at toy sizes, on a CPU too.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run(tmp_path):
+    out = tmp_path / "gpu_check"
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.run(["bash", "bench/gpu.sh", "--dry-run", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = proc.stdout[proc.stdout.index("\ncheck "):].strip().splitlines()
+    assert [row.split("  ")[0] for row in table[1:]] == [
+        "training step, --compile, bfloat16", "seed run, --compile, evals in the loop",
+        "bfloat16 vs float32, tiny, 10 steps", "HellaSwag, seed checkpoint", "all four"]
+
+    steps = {r["config"]: r for r in json.loads((out / "step.json").read_text())}
+    assert set(steps) == {"plain-best", "compiled"} and all(r["tok_s"] > 0 for r in steps.values())
+    events = [json.loads(line) for line in (out / "seed" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if "train_loss" in e] == list(range(6))
+    assert [e["step"] for e in events if "val_loss" in e] == [0, 3, 6]
+    assert [e["step"] for e in events if "hellaswag_acc_norm" in e] == [0, 3, 6]
+    assert [len(e["samples"]) for e in events if "samples" in e] == [2, 2, 2]
+    assert any(p.name.startswith("ckpt_") for p in (out / "seed").iterdir())  # the checkpoint step 4 scores
+    assert "n=40 " in (out / "hellaswag.txt").read_text()
+    assert json.loads((out / "bf16.json").read_text())["steps"] == 10
