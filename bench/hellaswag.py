@@ -1,12 +1,17 @@
 """
 HellaSwag speed: examples/s of hellaswag.py's scoring (each example one packed row, the output head only
-where a loss is taken) against the plain way (four rows of context + ending through the plain baseline
-model, logits at every position), on the same examples and weights, in the same run.
+where a loss is taken, a chunk of positions at a time) against the plain way (four rows of context +
+ending through the plain baseline model, logits at every position), on the same examples and weights, in
+the same run.
 
     python bench/hellaswag.py --data hellaswag_val.jsonl                  # the first 500 examples
-    python bench/hellaswag.py --data hellaswag_val.jsonl --limit 0 --skip-plain --checkpoint log/   # all
+    python bench/hellaswag.py --data hellaswag_val.jsonl --limit 0 --skip-plain --checkpoint log/ --float32-too
 
-The table says whether both chose the same ending for every example.
+--dtype (default auto: bfloat16 where the CPU or GPU computes it natively) is hellaswag.py's; the plain
+way runs in float32. --float32-too also scores in float32 and says on how many examples both dtypes chose
+the same ending. The table gives the output head's FLOPs (2 x n_embd x vocab per scored token) and
+"x head": seconds x matmul peak / head FLOPs, how far from the head alone at the peak the whole scoring
+is, a figure that carries from one machine to another.
 """
 
 import argparse
@@ -24,7 +29,8 @@ from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
-from device import pick_device  # noqa: E402
+from device import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
+from bench.train import matmul_peak  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -34,10 +40,15 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="seed", choices=tuple(PRESETS))
     p.add_argument("--checkpoint", help="score a checkpoint (file or out dir) instead of random weights")
     p.add_argument("--skip-plain", action="store_true", help="time hellaswag.py's scoring only")
+    p.add_argument("--float32-too", action="store_true", help="also score in float32 and compare the choices")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"), help="hellaswag.py's")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
+    dtype = autocast_dtype(device.split(":")[0], args.dtype)
+    if device == "cpu":
+        keep_freed_memory()  # as hellaswag.py's main does
     torch.manual_seed(1337)
     model = (model_from_checkpoint(open_checkpoint(args.checkpoint)[1]) if args.checkpoint
              else GPT(model_config(PRESETS[args.preset])))
@@ -51,27 +62,43 @@ def main(argv=None) -> dict:
         sums, means = score()
         return time.perf_counter() - t0, sums, means
 
-    rows = {"hellaswag.py": run(lambda: hellaswag.score_examples(model, examples, enc, device))}
+    name = f"hellaswag.py {str(dtype)[6:]}"
+    rows = {name: run(lambda: hellaswag.score_examples(model, examples, enc, device, dtype))}
+    if args.float32_too and dtype != torch.float32:
+        rows["hellaswag.py float32"] = run(lambda: hellaswag.score_examples(model, examples, enc, device))
     if not args.skip_plain:
         plain = PlainGPT(model.config)
         plain.load_state_dict(model.state_dict())
         plain.to(device).eval()
         rows["plain (bench/baseline)"] = run(lambda: plain_hellaswag(lambda tokens: plain(tokens.to(device))[0],
                                                                      examples, enc, model.config.block_size))
+    scored = sum(len(enc.encode_ordinary(" " + e)) for ex in examples for e in ex["endings"])
+    head_flops = 2 * model.config.n_embd * model.config.vocab_size * scored
+    peaks = {dt: matmul_peak(device, dt) for dt in {dtype, torch.float32}}
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else args.preset + ' preset, random weights'} | "
-          f"{len(examples)} examples, float32")
-    print(f"{'scoring':<24}{'seconds':>9}{'examples/s':>12}{'acc':>8}{'acc_norm':>10}")
+          f"{len(examples)} examples | output head {head_flops / 1e12:.2f} TFLOP | matmul peak " +
+          ", ".join(f"{str(dt)[6:]} {peak / 1e9:,.0f} GFLOP/s" for dt, peak in peaks.items()))
+    print(f"{'scoring':<24}{'seconds':>9}{'examples/s':>12}{'x head':>8}{'acc':>8}{'acc_norm':>10}")
     for name, (s, sums, means) in rows.items():
         acc = (sums.argmin(1) == labels).float().mean().item()
         acc_norm = (means.argmin(1) == labels).float().mean().item()
-        print(f"{name:<24}{s:>9.1f}{len(examples) / s:>12.1f}{acc:>8.4f}{acc_norm:>10.4f}")
+        peak = peaks[torch.float32 if "float32" in name or "plain" in name else dtype]
+        print(f"{name:<24}{s:>9.1f}{len(examples) / s:>12.1f}{s * peak / head_flops:>8.2f}{acc:>8.4f}{acc_norm:>10.4f}")
+    results = list(rows.items())
+    if args.float32_too and dtype != torch.float32:
+        (_, (_, s1, m1)), (_, (_, s2, m2)) = results[:2]
+        same = (s1.argmin(1) == s2.argmin(1)).float().mean().item()
+        same_norm = (m1.argmin(1) == m2.argmin(1)).float().mean().item()
+        shift = ((m1.argmin(1) == labels).float().mean() - (m2.argmin(1) == labels).float().mean()).item()
+        print(f"{str(dtype)[6:]} vs float32: same ending on {same:.2%} of examples (acc), {same_norm:.2%} (acc_norm); "
+              f"acc_norm {shift * 100:+.2f} points")
     if not args.skip_plain:
-        (_, s1, m1), (_, s2, m2) = rows.values()
+        (_, (t1, s1, m1)), (_, (t2, s2, m2)) = results[0], results[-1]
         same = torch.equal(s1.argmin(1), s2.argmin(1)) and torch.equal(m1.argmin(1), m2.argmin(1))
-        print(f"same choices for every example: {'yes' if same else 'NO'}; "
+        print(f"{results[0][0]} and plain: same choices for every example: {'yes' if same else 'NO'}; "
               f"max loss difference {max((s1 - s2).abs().max().item(), (m1 - m2).abs().max().item()):.2e}")
-        print(f"speed-up {rows['plain (bench/baseline)'][0] / rows['hellaswag.py'][0]:.2f}x")
+        print(f"speed-up {t2 / t1:.2f}x")
     return {name: len(examples) / s for name, (s, _, _) in rows.items()}
 
 
