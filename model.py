@@ -383,7 +383,7 @@ class HeadChunks:
     would cast it for every matmul) and one set of buffers for the chunks' logits and log-probabilities."""
 
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype):
-        self.x, self.w, self.targets, self.cap, self.dtype = h.to(dtype), weight.to(dtype), targets, cap, dtype
+        self.x, self.w, self.targets, self.cap = h.to(dtype), weight.to(dtype), targets, cap
         shape = (min(HEAD_CHUNK, len(h)), weight.size(0))
         self.logits = torch.empty(shape, dtype=dtype, device=h.device)
         self.log_probs = torch.empty(shape, dtype=torch.float32, device=h.device)
