@@ -5,6 +5,8 @@ data, the same token budget, several seeds; val loss on the same held-out tokens
     python bench/recipe.py --corpus ../shared/data/corpus --out-dir recipe_runs           # 2 seeds, 500k tokens
     python bench/recipe.py --corpus ... --out-dir tune --seeds 0 --recipes modern --muon-lr 0.04   # tuning
     python plot_log.py recipe_runs/*/ --x tokens --out recipes.png
+    python bench/recipe.py --corpus ../shared/data/corpus --out-dir corpus_pass --pass --seeds 1 \
+        --hellaswag ../shared/data/hellaswag/hellaswag_val_preprocessed.jsonl      # one pass over the corpus
 
 The corpus's heldout.jsonl becomes the val shard (its first --shard-size tokens), train_*.jsonl the
 training shards. Each run is a train_gpt.py process with --out-dir <out-dir>/<recipe>_seed<N>; a run whose
@@ -26,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -42,14 +45,40 @@ def shard_corpus(corpus: str, out: str, shard_size: int) -> str:
     return out
 
 
-def val_curve(run_dir: str) -> dict[int, float]:
-    """step -> val loss of a finished run (empty if it isn't one)."""
+def train_tokens(shards: str) -> int:
+    """Tokens in the training shards (uint16 each)."""
+    return sum(os.path.getsize(f) for f in glob.glob(os.path.join(shards, "train_*.bin"))) // 2
+
+
+def events(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "log.jsonl")
     if not os.path.exists(path):
-        return {}
+        return []
     with open(path) as f:
-        events = [json.loads(line) for line in f if line.strip()]
-    return {e["step"]: e["val_loss"] for e in events if "val_loss" in e}
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def val_curve(run_dir: str) -> dict[int, float]:
+    """step -> val loss of a finished run (empty if it isn't one)."""
+    return {e["step"]: e["val_loss"] for e in events(run_dir) if "val_loss" in e}
+
+
+def last(run_dir: str, key: str):
+    """The last logged value of key in a run (None if it has none)."""
+    return next((e[key] for e in reversed(events(run_dir)) if key in e), None)
+
+
+def report_run(name: str, run: str) -> None:
+    """One line per run: its final val loss, HellaSwag, wall time and last sample, where it logged them."""
+    wall = open(os.path.join(run, "wall_s")).read().strip() if os.path.exists(os.path.join(run, "wall_s")) else "?"
+    line = f"{name}: final val loss {last(run, 'val_loss'):.3f}, wall {wall} s"
+    hs = [e["hellaswag_acc_norm"] for e in events(run) if "hellaswag_acc_norm" in e]
+    if hs:
+        line += f", HellaSwag acc_norm {hs[0]:.4f} -> {hs[-1]:.4f}"
+    samples = last(run, "samples")
+    if samples:
+        line += f"\n  last sample: {samples[0]!r}"
+    print(line, flush=True)
 
 
 def main(argv=None) -> dict:
@@ -69,11 +98,22 @@ def main(argv=None) -> dict:
     p.add_argument("--fractions", type=float, nargs="*", default=[0.5],
                    help="also run the modern recipe planned for these fractions of the budget (default: %(default)s)")
     p.add_argument("--extra", default="", help="more train_gpt.py flags for the modern recipe, e.g. '--decay-frac 0.5'")
+    p.add_argument("--dtype", default="float32", choices=("auto", "bfloat16", "float32"), help="(default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="train_gpt.py --compile")
+    p.add_argument("--hellaswag", metavar="JSONL", help="HellaSwag on this whole file at each run's first and last step")
+    p.add_argument("--samples", action="store_true", help="samples at each run's first and last step")
+    p.add_argument("--pass", dest="corpus_pass", action="store_true",
+                   help="one pass over the training shards at the reference run's shape: --tokens all of them, "
+                        "--batch-tokens 32768, --val-every 10, --val-steps 64 (131,072 tokens), --dtype auto, "
+                        "--compile, --samples")
     args = p.parse_args(argv)
 
+    shards = shard_corpus(args.corpus, os.path.join(args.out_dir, "shards"), args.shard_size)
+    if args.corpus_pass:
+        args.tokens, args.batch_tokens, args.val_every, args.val_steps = train_tokens(shards), 32768, 10, 64
+        args.dtype, args.compile, args.samples = "auto", True, True
     steps = args.tokens // args.batch_tokens
     warmup = args.warmup_steps or max(1, round(steps * 469 / 12207))  # the reference run's share of warmup steps
-    shards = shard_corpus(args.corpus, os.path.join(args.out_dir, "shards"), args.shard_size)
     curves = {}
     runs = [(recipe, 1.0) for recipe in args.recipes] + [("modern", f) for f in args.fractions if "modern" in args.recipes]
     for seed in args.seeds:
@@ -84,17 +124,23 @@ def main(argv=None) -> dict:
             cmd = [sys.executable, os.path.join(REPO, "train_gpt.py"), "--recipe", recipe, "--data-dir", shards,
                    "--out-dir", run, "--seed", str(seed), "--max-steps", str(n), "--warmup-steps", str(warmup),
                    "--batch-size", "4", "--seq-len", "512", "--total-batch-size", str(args.batch_tokens),
-                   "--val-every", str(args.val_every), "--val-steps", str(args.val_steps), "--hellaswag-every", "0",
-                   "--sample-every", "0", "--checkpoint-every", "0", "--dtype", "float32"]
+                   "--val-every", str(args.val_every), "--val-steps", str(args.val_steps),
+                   "--hellaswag-every", str(n if args.hellaswag else 0), "--sample-every", str(n if args.samples else 0),
+                   "--checkpoint-every", "0", "--dtype", args.dtype] + (["--compile"] if args.compile else [])
+            cmd += ["--hellaswag-data", args.hellaswag] if args.hellaswag else []
             if recipe == "modern":
                 cmd += ["--muon-lr", str(args.muon_lr)] if args.muon_lr else []
                 cmd += ["--max-lr", str(args.max_lr)] if args.max_lr else []
                 cmd += args.extra.split()
             if n not in val_curve(run):
                 print(f"{name}: {n} steps of {args.batch_tokens} tokens -> {run}", flush=True)
+                t0 = time.perf_counter()
                 with open(os.path.join(args.out_dir, f"{name}.out"), "w") as out:
                     subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+                with open(os.path.join(run, "wall_s"), "w") as f:
+                    f.write(f"{time.perf_counter() - t0:.0f}\n")
             curves[recipe, seed, frac] = val_curve(run)
+            report_run(name, run)
 
     print(f"\n`seed` model, {steps} steps x {args.batch_tokens} tokens = {steps * args.batch_tokens:,} tokens per "
           f"run, val loss on {args.val_steps * 2048:,} held-out tokens every {args.val_every} steps")
