@@ -470,22 +470,21 @@ class HeadLoss(torch.autograd.Function):
 def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
                 n_vocab: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token id per row of logits (B, vocab), drawn from the softmax after the filters. Returns (B, 1)."""
-    logits = logits.clone()
     if n_vocab is not None:
-        logits[:, n_vocab:] = -float("inf")
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits.masked_fill_(logits < v[:, [-1]], -float("inf"))
+        logits = logits[:, :n_vocab]  # the padding ids: no text contains them
+    ids = None  # the candidates' token ids, most likely first (None: every token, in vocabulary order)
+    if top_k is not None:  # from here on the softmax and its sums read k numbers per row, not the vocabulary
+        logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))
     if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
+        if ids is None:
+            logits, ids = torch.sort(logits, dim=-1, descending=True)
+        probs = F.softmax(logits, dim=-1)
         # drop a token once the more likely ones before it already reach top_p (the first always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits[drop] = -float("inf")
-        logits = logits.scatter(-1, order, sorted_logits)
+        logits = logits.masked_fill(probs.cumsum(dim=-1) - probs >= top_p, -float("inf"))
     probs = F.softmax(logits, dim=-1)
     # inverse-CDF sampling: one uniform number per row (torch.multinomial draws one per vocabulary entry)
-    cdf = probs.cumsum(dim=-1)  # (B, vocab)
+    cdf = probs.cumsum(dim=-1)
     u = torch.rand(cdf.size(0), 1, device=cdf.device, generator=generator) * cdf[:, -1:]  # below the total
-    # the first token whose cumulative probability exceeds u: never one of probability 0
-    return torch.searchsorted(cdf, u, right=True)  # (B, 1)
+    # the first candidate whose cumulative probability exceeds u: never one of probability 0
+    choice = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)  # (B, 1)
+    return choice if ids is None else ids.gather(-1, choice)

@@ -102,6 +102,19 @@ def test_top_k_and_padding_filters():
     assert set(sample_next(logits, top_k=1, generator=g).unique().tolist()) == {4}
 
 
+def test_top_k_draws_the_renormalised_probabilities():
+    """Among the top k, each token comes up as often as its probability renormalised over the k; with top_p
+    too, the nucleus is taken from those k."""
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    logits = probs.log().repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    drawn = sample_next(logits, top_k=2, generator=g)
+    assert set(drawn.unique().tolist()) == {2, 3}
+    assert abs((drawn == 3).float().mean().item() - 0.4 / 0.7) < 0.03
+    drawn = sample_next(logits, top_k=3, top_p=0.5, generator=g)  # of 0.4, 0.3, 0.2 (sum 0.9): 0.44 < 0.5 <= 0.78
+    assert set(drawn.unique().tolist()) == {2, 3}
+
+
 def test_sample_text_is_seeded_sampling():
     """sample_text draws, from its own generator seeded with `seed`, the tokens that sampling without the cache
     draws from that seed; the global random state is left alone."""
