@@ -5,7 +5,7 @@ data, the same token budget, several seeds; val loss on the same held-out tokens
     python bench/recipe.py --corpus ../shared/data/corpus --out-dir recipe_runs           # 2 seeds, 500k tokens
     python bench/recipe.py --corpus ... --out-dir tune --seeds 0 --recipes modern --muon-lr 0.04   # tuning
     python plot_log.py recipe_runs/*/ --x tokens --out recipes.png
-    python bench/recipe.py --corpus ../shared/data/corpus --out-dir corpus_pass --pass --seeds 1 \
+    python bench/recipe.py --corpus ../shared/data/corpus --out-dir corpus_pass --pass --seeds 1 --target 0.33 \
         --hellaswag ../shared/data/hellaswag/hellaswag_val_preprocessed.jsonl      # one pass over the corpus
 
 The corpus's heldout.jsonl becomes the val shard (its first --shard-size tokens), train_*.jsonl the
