@@ -5,7 +5,7 @@ data, the same token budget, several seeds; val loss on the same held-out tokens
     python bench/recipe.py --corpus ../shared/data/corpus --out-dir recipe_runs           # 2 seeds, 500k tokens
     python bench/recipe.py --corpus ... --out-dir tune --seeds 0 --recipes modern --muon-lr 0.04   # tuning
     python plot_log.py recipe_runs/*/ --x tokens --out recipes.png
-    python bench/recipe.py --corpus ../shared/data/corpus --out-dir corpus_pass --pass --seeds 1 --target 0.33 \
+    python bench/recipe.py --corpus ../shared/data/corpus --out-dir corpus_pass --pass --seeds 1 --target 0.33 --fractions 0.5 0.25 \
         --hellaswag ../shared/data/hellaswag/hellaswag_val_preprocessed.jsonl      # one pass over the corpus
 
 The corpus's heldout.jsonl becomes the val shard (its first --shard-size tokens), train_*.jsonl the
@@ -63,21 +63,18 @@ def val_curve(run_dir: str) -> dict[int, float]:
     return {e["step"]: e["val_loss"] for e in events(run_dir) if "val_loss" in e}
 
 
-def last(run_dir: str, key: str):
-    """The last logged value of key in a run (None if it has none)."""
-    return next((e[key] for e in reversed(events(run_dir)) if key in e), None)
-
-
 def report_run(name: str, run: str) -> None:
     """One line per run: its final val loss, HellaSwag, wall time and last sample, where it logged them."""
-    wall = open(os.path.join(run, "wall_s")).read().strip() if os.path.exists(os.path.join(run, "wall_s")) else "?"
-    line = f"{name}: final val loss {last(run, 'val_loss'):.3f}, wall {wall} s"
-    hs = [e["hellaswag_acc_norm"] for e in events(run) if "hellaswag_acc_norm" in e]
+    log = events(run)  # read once
+    wall_path = os.path.join(run, "wall_s")
+    wall = open(wall_path).read().strip() if os.path.exists(wall_path) else "?"
+    line = f"{name}: final val loss {[e['val_loss'] for e in log if 'val_loss' in e][-1]:.3f}, wall {wall} s"
+    hs = [e["hellaswag_acc_norm"] for e in log if "hellaswag_acc_norm" in e]
     if hs:
         line += f", HellaSwag acc_norm {hs[0]:.4f} -> {hs[-1]:.4f}"
-    samples = last(run, "samples")
+    samples = [e["samples"] for e in log if "samples" in e]
     if samples:
-        line += f"\n  last sample: {samples[0]!r}"
+        line += f"\n  last sample: {samples[-1][0]!r}"
     print(line, flush=True)
 
 
