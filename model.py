@@ -86,14 +86,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class Linear(nn.Linear):
+    """nn.Linear, computed as W x^T when x has a few rows on a CPU (a sampling step: B rows, one token each),
+    where that order runs ~1.5x faster than x W^T; the same product either way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() > 16 * self.in_features or x.device.type != "cpu" or self.bias is None:
+            return F.linear(x, self.weight, self.bias)
+        y = torch.addmm(self.bias.unsqueeze(1), self.weight, x.reshape(-1, self.in_features).t())  # (out, N)
+        return y.t().contiguous().view(x.shape[:-1] + (self.out_features,))  # rows contiguous, as F.linear makes them
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.qk_norm = config.qk_norm
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = Linear(config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True  # see GPT._init_weights
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -152,10 +163,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
         self.relu2 = config.mlp == "relu2"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.RESIDUAL_SCALE = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from model import GPT, CausalSelfAttention, GPTConfig, Rotary
+from model import GPT, CausalSelfAttention, GPTConfig, Linear, Rotary
 from train_gpt import PRESETS, model_config
 
 
@@ -146,3 +146,22 @@ def test_attention_equals_attention_by_hand(qk_norm, rope):
         got = attn(x, rotary=rotary)
         want = attention_by_hand(attn, x, qk_norm, rope)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (2, 8, 48), (16, 48), (3, 17, 48)],
+                         ids=["1 row", "4 rows", "16 rows", "16 rows, 2-d", "51 rows"])
+def test_linear_equals_nn_linear(shape):
+    """Linear (W x^T for a few rows, x W^T for more) gives nn.Linear's output, values and layout, and its
+    gradients."""
+    torch.manual_seed(0)
+    ours = Linear(48, 80)
+    ref = torch.nn.Linear(48, 80)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape, requires_grad=True)
+    got, want = ours(x), ref(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.shape == want.shape and got.is_contiguous()
+    grads = torch.autograd.grad(got.square().sum(), (x, ours.weight, ours.bias))
+    ref_grads = torch.autograd.grad(want.square().sum(), (x, ref.weight, ref.bias))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
