@@ -8,7 +8,7 @@ baseline's sampler (bench/baseline.py: full recompute, logits at every position)
 Every sampler draws from the same weights with the same seed; the table says whether the KV cache drew
 the very tokens of full recompute. What makes generate fast: the KV cache (a step runs one new token),
 the output head at the last position only, computed as W h^T (for a few rows, ~3x faster than h W^T on
-a CPU), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
+a CPU), the blocks' linears the same way (model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
 vocabulary entry).
 """
 
