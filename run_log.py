@@ -72,7 +72,9 @@ class Logger:
     def finish(self) -> None:
         """Close the W&B run, if any (the log itself needs nothing)."""
         if self.wandb is not None:
+            import wandb
             self.wandb.finish()
+            wandb.teardown()  # wait for W&B's service to write everything out (else only at the process's exit)
             self.wandb = None
 
     def size(self) -> int:

@@ -47,7 +47,7 @@ def runs(out) -> dict:
     """W&B run id -> (its display name, config keys, step -> {metric: value}) of every offline run file."""
     found = {}
     for path in sorted((out / "wandb").glob("offline-run-*/run-*.wandb")):
-        name, config, history = None, set(), {}
+        run_id, name, config, history = None, None, set(), {}  # run_id None: the file holds no run record
         for r in records(path):
             kind = r.WhichOneof("record_type")
             if kind == "run":
