@@ -6,9 +6,13 @@ baseline's sampler (bench/baseline.py: full recompute, logits at every position)
     python bench/sample.py --checkpoint log/ --num-samples 1 --max-new-tokens 500
 
 Every sampler draws from the same weights with the same seed; the table says whether the KV cache drew
-the very tokens of full recompute. What makes generate fast: the KV cache (a step runs one new token),
-the output head at the last position only, computed as W h^T (for a few rows, ~3x faster than h W^T on
-a CPU), the blocks' linears the same way (model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
+the very tokens of full recompute. The samplers run round after round, one run of each per round, so that
+a slow spell of a shared machine hits all of them; ratios are taken within each round, and the table gives
+their median and range over the rounds.
+
+What makes generate fast: the KV cache (a step runs one new token), the output head at the last position
+only, computed as W h^T (for a few rows, ~3x faster than h W^T on a CPU), the blocks' linears the same way
+(model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
 vocabulary entry).
 """
 
@@ -30,18 +34,21 @@ from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from device import pick_device  # noqa: E402
 
 
-def timed(fn, repeats: int, device: str):
-    """(median seconds, last result) of fn() over repeats runs."""
-    times, out = [], None
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed(fn, device: str):
+    """(seconds, result) of one call of fn()."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    """The median of xs and, for several, their range in brackets."""
+    text = format(statistics.median(xs), fmt)
+    return text if len(xs) == 1 else f"{text} [{min(xs):{fmt}}-{max(xs):{fmt}}]"
 
 
 def main(argv=None) -> dict:
@@ -51,7 +58,8 @@ def main(argv=None) -> dict:
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--prompt", default="Hello, I'm a language model,")
-    p.add_argument("--repeats", type=int, default=3, help="runs of each sampler; the median counts (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds, one run of each sampler per round (default: %(default)s)")
+    p.add_argument("--skip-plain", action="store_true", help="time generate only (the plain sampler takes ~40 s a run on a CPU)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
@@ -69,25 +77,38 @@ def main(argv=None) -> dict:
     idx = torch.tensor([enc.encode_ordinary(args.prompt)] * args.num_samples, device=device)  # (B, T)
     n = args.num_samples * args.max_new_tokens
 
-    def gen(m, **kw):
-        return lambda: m.generate(idx, args.max_new_tokens, top_k=50,
-                                  generator=torch.Generator(device=device).manual_seed(42), **kw)
+    def gen(m, new=args.max_new_tokens, **kw):
+        return lambda: m.generate(idx, new, top_k=50, generator=torch.Generator(device=device).manual_seed(42), **kw)
 
-    runs = {"plain (bench/baseline)": timed(gen(plain), args.repeats, device),
-            "generate, recompute": timed(gen(model, use_cache=False), args.repeats, device),
-            "generate, KV cache": timed(gen(model, use_cache=True), args.repeats, device)}
-    same = torch.equal(runs["generate, KV cache"][1], runs["generate, recompute"][1])
-    base = n / runs["plain (bench/baseline)"][0]
+    plain_name = "plain (bench/baseline)"
+    samplers = {plain_name: (plain, {}), "generate, recompute": (model, {"use_cache": False}),
+                "generate, KV cache": (model, {"use_cache": True})}
+    if args.skip_plain:
+        del samplers[plain_name]
+    for m, kw in samplers.values():
+        gen(m, 2, **kw)()  # warm-up: allocation, kernel choice
+    secs, out = {name: [] for name in samplers}, {}
+    for _ in range(args.repeats):  # round after round: one run of each sampler per round
+        for name, (m, kw) in samplers.items():
+            s, out[name] = timed(gen(m, **kw), device)
+            secs[name].append(s)
+    same = torch.equal(out["generate, KV cache"], out["generate, recompute"])
+    ratios = [r / c for r, c in zip(secs["generate, recompute"], secs["generate, KV cache"])]
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else args.preset + ' preset, random weights'} | "
-          f"{args.num_samples} samples x {args.max_new_tokens} new tokens, median of {args.repeats}, float32")
-    print(f"{'sampler':<24}{'seconds':>9}{'tokens/s':>10}{'vs plain':>10}")
-    for name, (s, _) in runs.items():
-        print(f"{name:<24}{s:>9.2f}{n / s:>10,.0f}{n / s / base:>9.1f}x")
-    print(f"KV cache drew the same tokens as recompute: {'yes' if same else 'NO'} "
-          "(the plain sampler draws with torch.multinomial, so other tokens)")
-    return {name: n / s for name, (s, _) in runs.items()} | {"same": same}
-
+          f"{args.num_samples} samples x {args.max_new_tokens} new tokens, float32, "
+          f"median [range] of {args.repeats} rounds")
+    print(f"{'sampler':<24}{'seconds':>20}{'tokens/s':>20}" + (f"{'vs plain':>20}" if plain_name in secs else ""))
+    for name, ss in secs.items():
+        row = f"{name:<24}{spread(ss, '.2f'):>20}{spread([n / s for s in ss], ',.0f'):>20}"
+        if plain_name in secs:  # within each round
+            row += f"{spread([p / s for p, s in zip(secs[plain_name], ss)], '.1f') + 'x':>20}"
+        print(row)
+    print(f"KV cache against recompute, within each round: {spread(ratios, '.1f')}x")
+    print(f"KV cache drew the same tokens as recompute: {'yes' if same else 'NO'}"
+          + (" (the plain sampler draws with torch.multinomial, so other tokens)" if not args.skip_plain else ""))
+    return {name: n / statistics.median(ss) for name, ss in secs.items()} | {
+        "kv_over_recompute": statistics.median(ratios), "same": same}
 
 if __name__ == "__main__":
     main()

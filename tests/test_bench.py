@@ -1,6 +1,7 @@
 """python -m pytest tests/test_bench.py -v
 
 bench/gpu.sh, the GPU checks in one script: its dry run does every step at toy sizes, on a CPU too.
+bench/sample.py, the sampling benchmark: its samplers, rounds and ratios on a tiny model.
 """
 
 import json
@@ -10,7 +11,25 @@ import sys
 
 import pytest
 
+from bench import sample
 from conftest import REPO
+
+
+def test_sample_bench_times_every_sampler_in_rounds(capsys):
+    result = sample.main(["--preset", "tiny", "--num-samples", "2", "--max-new-tokens", "5", "--repeats", "3"])
+    printed = capsys.readouterr().out
+    assert result["same"] is True  # the KV cache drew the tokens of full recompute
+    assert set(result) == {"plain (bench/baseline)", "generate, recompute", "generate, KV cache",
+                           "kv_over_recompute", "same"}
+    assert all(result[k] > 0 for k in result if k != "same")
+    assert "median [range] of 3 rounds" in printed
+    ratio = printed.split("KV cache against recompute, within each round: ")[1].split("x")[0]
+    assert float(ratio.split()[0]) == pytest.approx(result["kv_over_recompute"], abs=0.05)
+    assert ratio.count("-") == 1  # the range over the rounds
+
+    result = sample.main(["--preset", "tiny", "--max-new-tokens", "3", "--repeats", "1", "--skip-plain"])
+    assert "plain (bench/baseline)" not in result and result["same"] is True
+    assert "plain" not in capsys.readouterr().out
 
 
 @pytest.mark.slow
