@@ -62,6 +62,9 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-plain", action="store_true", help="time generate only (the plain sampler takes ~40 s a run on a CPU)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
+    for flag in ("num_samples", "max_new_tokens", "repeats"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
     device = pick_device(args.device)
     torch.manual_seed(1337)

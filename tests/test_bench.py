@@ -31,6 +31,10 @@ def test_sample_bench_times_every_sampler_in_rounds(capsys):
     assert "plain (bench/baseline)" not in result and result["same"] is True
     assert "plain" not in capsys.readouterr().out
 
+    with pytest.raises(SystemExit):
+        sample.main(["--preset", "tiny", "--repeats", "0"])
+    assert "error: --repeats must be at least 1, got 0" in capsys.readouterr().err
+
 
 @pytest.mark.slow
 def test_gpu_script_dry_run(tmp_path):
