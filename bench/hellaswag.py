@@ -44,6 +44,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"), help="hellaswag.py's")
     args = p.parse_args(argv)
+    if args.limit < 0:
+        p.error(f"--limit must be at least 0 (0: all), got {args.limit}")
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
@@ -54,7 +56,10 @@ def main(argv=None) -> dict:
              else GPT(model_config(PRESETS[args.preset])))
     model.to(device)
     enc = get_encoding()
-    examples = hellaswag.load_examples(args.data, args.limit or None)
+    try:
+        examples = hellaswag.load_examples(args.data, args.limit or None)
+    except hellaswag.HellaSwagError as e:
+        raise SystemExit(f"error: {e}") from None  # a missing or bad --data file: one line
     labels = torch.tensor([ex["label"] for ex in examples])
 
     def run(score):

@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 
+import train_gpt  # noqa: E402
+
 
 def matmul_peak(device: str, dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 3) -> float:
     """The best FLOP/s of a square matmul at a few sizes: what this device reaches at all."""
@@ -67,7 +69,6 @@ class RandomLoader:
 
 def worker(args) -> dict:
     """Time one configuration in this process; returns its figures."""
-    import train_gpt
     from bench.baseline import PlainGPT, plain_optimizer, plain_step
     from device import autocast, autocast_dtype, keep_freed_memory, pick_device
     from model import GPT
@@ -143,6 +144,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: time one configuration, print JSON
     args = p.parse_args(argv)
+    for flag in ("batch_size", "seq_len", "accum", "steps", "runs"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.warmup < 0:
+        p.error(f"--warmup must be at least 0, got {args.warmup}")
+    block_size = train_gpt.preset_config(args.preset).block_size
+    if args.seq_len > block_size:
+        p.error(f"--seq-len {args.seq_len} is longer than the {args.preset} preset's context ({block_size})")
     if args.worker:
         print(json.dumps(worker(args)))
         return []

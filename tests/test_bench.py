@@ -1,7 +1,8 @@
 """python -m pytest tests/test_bench.py -v
 
 bench/gpu.sh, the GPU checks in one script: its dry run does every step at toy sizes, on a CPU too.
-bench/sample.py, the sampling benchmark: its samplers, rounds and ratios on a tiny model.
+bench/sample.py, the sampling benchmark: its samplers, rounds and ratios on a tiny model. Bad flags and
+files of these benchmarks get a one-line error.
 """
 
 import json
@@ -11,7 +12,8 @@ import sys
 
 import pytest
 
-from bench import sample
+from bench import hellaswag as bench_hellaswag
+from bench import sample, train
 from conftest import REPO
 
 
@@ -58,3 +60,24 @@ def test_gpu_script_dry_run(tmp_path):
     assert any(p.name.startswith("ckpt_") for p in (out / "seed").iterdir())  # the checkpoint step 4 scores
     assert "n=40 " in (out / "hellaswag.txt").read_text()
     assert json.loads((out / "bf16.json").read_text())["steps"] == 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--accum", "0"], "--accum must be at least 1, got 0"),
+    (["--runs", "0"], "--runs must be at least 1, got 0"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (["--preset", "tiny"], "--seq-len 512 is longer than the tiny preset's context (64)"),
+])
+def test_train_bench_rejects_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+
+
+def test_hellaswag_bench_rejects_a_bad_limit_and_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_hellaswag.main(["--data", "tests/data/hellaswag.jsonl", "--limit", "-3"])
+    assert e.value.code == 2 and "error: --limit must be at least 0 (0: all), got -3" in capsys.readouterr().err
+    missing = tmp_path / "hellaswag_val.jsonl"
+    with pytest.raises(SystemExit, match=f"^error: {missing}: file not found$"):
+        bench_hellaswag.main(["--data", str(missing), "--preset", "tiny", "--skip-plain"])
