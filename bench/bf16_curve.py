@@ -35,6 +35,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the figures to this file")
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
     curves, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("float32", "bfloat16"):

@@ -32,11 +32,18 @@ def main(argv=None) -> dict:
     p.add_argument("--repeat", type=int, default=4, help="the input this many times over (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="measurements of each, alternated (default: %(default)s)")
     args = p.parse_args(argv)
+    for flag in ("workers", "repeat", "rounds"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
 
     docs = []
     for path in args.input:
-        with open(path, encoding="utf-8") as f:
-            docs += [json.loads(line)["text"] for line in f if line.strip()]
+        try:
+            with open(path, encoding="utf-8") as f:
+                docs += [json.loads(line)["text"] for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"error: --input {path}: not a readable jsonl file with a text field "
+                             f"({type(e).__name__}: {e})") from None
     docs *= args.repeat
     tmp = tempfile.TemporaryDirectory()
     big = os.path.join(tmp.name, "input.jsonl")

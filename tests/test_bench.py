@@ -2,18 +2,20 @@
 
 bench/gpu.sh, the GPU checks in one script: its dry run does every step at toy sizes, on a CPU too.
 bench/sample.py, the sampling benchmark: its samplers, rounds and ratios on a tiny model. Bad flags and
-files of these benchmarks get a one-line error.
+files of the benchmarks get a one-line error.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from bench import hellaswag as bench_hellaswag
-from bench import sample, train
+from bench import bf16_curve, sample, train
+from bench import fineweb as bench_fineweb
 from conftest import REPO
 
 
@@ -81,3 +83,27 @@ def test_hellaswag_bench_rejects_a_bad_limit_and_a_missing_file(tmp_path, capsys
     missing = tmp_path / "hellaswag_val.jsonl"
     with pytest.raises(SystemExit, match=f"^error: {missing}: file not found$"):
         bench_hellaswag.main(["--data", str(missing), "--preset", "tiny", "--skip-plain"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input", "tests/data/corpus.jsonl", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--input", "tests/data/corpus.jsonl", "--workers", "0"], "--workers must be at least 1, got 0"),
+])
+def test_fineweb_and_bf16_benches_reject_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_fineweb.main(argv)
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bf16_curve.main(["--data-dir", "shards", "--steps", "0"])
+    assert e.value.code == 2 and "error: --steps must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, error", [(None, "FileNotFoundError"), ("not json\n", "JSONDecodeError"),
+                                         ('{"ctx": "no text field"}\n', "KeyError")])
+def test_fineweb_bench_names_a_bad_input_file(tmp_path, text, error):
+    path = tmp_path / "corpus.jsonl"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit, match=f"^error: --input {re.escape(str(path))}: not a readable jsonl file "
+                                         f"with a text field \\({error}: "):
+        bench_fineweb.main(["--input", str(path), "--rounds", "1", "--repeat", "1"])
