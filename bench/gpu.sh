@@ -22,13 +22,17 @@ dry=0 data="" hellaswag="" out="gpu_check"
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1 ;;
-        --data) data="$2"; shift ;;
-        --hellaswag) hellaswag="$2"; shift ;;
-        --out) out="$2"; shift ;;
+        --data|--hellaswag|--out)
+            [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+            case "$1" in --data) data="$2" ;; --hellaswag) hellaswag="$2" ;; --out) out="$2" ;; esac
+            shift ;;
         *) echo "error: unknown argument $1 (see the top of $0)" >&2; exit 2 ;;
     esac
     shift
 done
+[ "$dry" = 1 ] || { [ -n "$data" ] && [ -n "$hellaswag" ]; } || { echo "error: pass --data SHARDS --hellaswag FILE, or --dry-run" >&2; exit 2; }
+[ -z "$data" ] || [ -d "$data" ] || { echo "error: --data $data is not a directory of shards" >&2; exit 2; }
+[ -z "$hellaswag" ] || [ -f "$hellaswag" ] || { echo "error: --hellaswag $hellaswag not found" >&2; exit 2; }
 mkdir -p "$out"
 
 if [ "$dry" = 1 ]; then  # toy sizes, on whatever device there is
@@ -41,7 +45,6 @@ if [ "$dry" = 1 ]; then  # toy sizes, on whatever device there is
     curve_steps=10 full=(--limit 40)
 else
     device=cuda
-    [ -n "$data" ] && [ -n "$hellaswag" ] || { echo "error: pass --data SHARDS --hellaswag FILE, or --dry-run" >&2; exit 2; }
     step=(--preset gpt2 --batch-size 16 --seq-len 1024 --accum 2 --steps 10 --warmup 3)
     seed=(--preset seed --batch-size 64 --seq-len 512 --total-batch-size 32768 --max-steps 300 --val-every 100
           --val-steps 20 --hellaswag-every 100 --hellaswag-limit 1000 --sample-every 100 --checkpoint-every 300 --warmup-steps 10)

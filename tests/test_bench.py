@@ -19,6 +19,21 @@ from bench import fineweb as bench_fineweb
 from conftest import REPO
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--data"], "error: --data needs a value"),
+    (["--data", "no-such-dir", "--hellaswag", "x.jsonl"], "error: --data no-such-dir is not a directory of shards"),
+    (["--dry-run", "--hellaswag", "no-such.jsonl"], "error: --hellaswag no-such.jsonl not found"),
+    (["--gpu"], "error: unknown argument --gpu"),
+    ([], "error: pass --data SHARDS --hellaswag FILE, or --dry-run"),
+])
+def test_gpu_script_rejects_bad_arguments_before_any_work(argv, message, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", os.path.join(REPO, "bench", "gpu.sh"), "--out", str(out), *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith(message) and proc.stdout == ""
+    assert not out.exists()  # nothing made
+
+
 def test_sample_bench_times_every_sampler_in_rounds(capsys):
     result = sample.main(["--preset", "tiny", "--num-samples", "2", "--max-new-tokens", "5", "--repeats", "3"])
     printed = capsys.readouterr().out
