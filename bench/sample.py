@@ -105,13 +105,14 @@ def main(argv=None) -> dict:
     for name, ss in secs.items():
         row = f"{name:<24}{spread(ss, '.2f'):>20}{spread([n / s for s in ss], ',.0f'):>20}"
         if plain_name in secs:  # within each round
-            row += f"{spread([p / s for p, s in zip(secs[plain_name], ss)], '.1f') + 'x':>20}"
+            row += f"{spread([a / b for a, b in zip(secs[plain_name], ss)], '.1f') + 'x':>20}"
         print(row)
     print(f"KV cache against recompute, within each round: {spread(ratios, '.1f')}x")
     print(f"KV cache drew the same tokens as recompute: {'yes' if same else 'NO'}"
           + (" (the plain sampler draws with torch.multinomial, so other tokens)" if not args.skip_plain else ""))
     return {name: n / statistics.median(ss) for name, ss in secs.items()} | {
         "kv_over_recompute": statistics.median(ratios), "same": same}
+
 
 if __name__ == "__main__":
     main()
