@@ -4,9 +4,10 @@ baseline's sampler (bench/baseline.py: full recompute, logits at every position)
 
     python bench/sample.py                                 # seed preset, 4 samples x 256 new tokens
     python bench/sample.py --checkpoint log/ --num-samples 1 --max-new-tokens 500
+    python bench/sample.py --checkpoint log/ --skip-plain --dtype bfloat16   # generate under bfloat16 autocast
 
 Every sampler draws from the same weights with the same seed; the table says whether the KV cache drew
-the very tokens of full recompute. The samplers run round after round, one run of each per round, so that
+the very tokens of full recompute. The plain sampler runs in float32; --dtype sets generate's. The samplers run round after round, one run of each per round, so that
 a slow spell of a shared machine hits all of them; ratios are taken within each round, and the table gives
 their median and range over the rounds.
 
@@ -31,7 +32,7 @@ from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
-from device import pick_device  # noqa: E402
+from device import DTYPES, autocast, autocast_dtype, pick_device  # noqa: E402
 
 
 def timed(fn, device: str):
@@ -61,12 +62,15 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3, help="rounds, one run of each sampler per round (default: %(default)s)")
     p.add_argument("--skip-plain", action="store_true", help="time generate only (the plain sampler takes ~40 s a run on a CPU)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="generate's autocast dtype, as generate.py's --dtype (default: %(default)s)")
     args = p.parse_args(argv)
     for flag in ("num_samples", "max_new_tokens", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
     device = pick_device(args.device)
+    dtype = autocast_dtype(device.split(":")[0], args.dtype)
     torch.manual_seed(1337)
     if args.checkpoint:
         model = model_from_checkpoint(open_checkpoint(args.checkpoint)[1])
@@ -81,7 +85,10 @@ def main(argv=None) -> dict:
     n = args.num_samples * args.max_new_tokens
 
     def gen(m, new=args.max_new_tokens, **kw):
-        return lambda: m.generate(idx, new, top_k=50, generator=torch.Generator(device=device).manual_seed(42), **kw)
+        def run():
+            with autocast(device.split(":")[0], dtype if m is model else torch.float32):
+                return m.generate(idx, new, top_k=50, generator=torch.Generator(device=device).manual_seed(42), **kw)
+        return run
 
     plain_name = "plain (bench/baseline)"
     samplers = {plain_name: (plain, {}), "generate, recompute": (model, {"use_cache": False}),
@@ -99,7 +106,7 @@ def main(argv=None) -> dict:
     ratios = [r / c for r, c in zip(secs["generate, recompute"], secs["generate, KV cache"])]
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else args.preset + ' preset, random weights'} | "
-          f"{args.num_samples} samples x {args.max_new_tokens} new tokens, float32, "
+          f"{args.num_samples} samples x {args.max_new_tokens} new tokens, generate in {str(dtype)[6:]}, "
           f"median [range] of {args.repeats} rounds")
     print(f"{'sampler':<24}{'seconds':>20}{'tokens/s':>20}" + (f"{'vs plain':>20}" if plain_name in secs else ""))
     for name, ss in secs.items():
@@ -109,7 +116,8 @@ def main(argv=None) -> dict:
         print(row)
     print(f"KV cache against recompute, within each round: {spread(ratios, '.1f')}x")
     print(f"KV cache drew the same tokens as recompute: {'yes' if same else 'NO'}"
-          + (" (the plain sampler draws with torch.multinomial, so other tokens)" if not args.skip_plain else ""))
+          + (" (the plain sampler draws with torch.multinomial, so other tokens)" if not args.skip_plain else "")
+          + (f"; in {str(dtype)[6:]} the two round differently, so their tokens may part" if dtype != torch.float32 else ""))
     return {name: n / statistics.median(ss) for name, ss in secs.items()} | {
         "kv_over_recompute": statistics.median(ratios), "same": same}
 

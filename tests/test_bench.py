@@ -50,6 +50,10 @@ def test_sample_bench_times_every_sampler_in_rounds(capsys):
     assert "plain (bench/baseline)" not in result and result["same"] is True
     assert "plain" not in capsys.readouterr().out
 
+    result = sample.main(["--preset", "tiny", "--max-new-tokens", "3", "--repeats", "1", "--skip-plain",
+                          "--dtype", "bfloat16"])
+    assert result["generate, KV cache"] > 0 and "generate in bfloat16" in capsys.readouterr().out
+
     with pytest.raises(SystemExit):
         sample.main(["--preset", "tiny", "--repeats", "0"])
     assert "error: --repeats must be at least 1, got 0" in capsys.readouterr().err
