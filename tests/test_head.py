@@ -76,6 +76,16 @@ def test_head_logits_are_the_plain_logits():
     torch.testing.assert_close(head_logits(h, weight, 3.0), softcap(h @ weight.t(), 3.0), rtol=1e-5, atol=1e-5)
 
 
+def test_head_logits_under_bfloat16_autocast_are_its_logits():
+    """Under autocast (sampling in bfloat16) the head runs in bfloat16: the plain head's logits under the same
+    autocast, returned in float32, and within bfloat16's rounding of the float32 logits."""
+    h, weight, _ = data(4)
+    with torch.autocast("cpu", torch.bfloat16):
+        got, want = head_logits(h, weight, 3.0), softcap(F.linear(h, weight).float(), 3.0)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    torch.testing.assert_close(got, softcap(h @ weight.t(), 3.0), rtol=0.02, atol=0.05)
+
+
 @pytest.mark.parametrize("config", [TINY, replace(TINY, **MODERN)], ids=["gpt2", "modern"])
 def test_model_loss_and_every_gradient_equal_the_plain_head(config):
     """Through the whole model (tied embedding, and the modern recipe's soft-cap): the chunked loss and

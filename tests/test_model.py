@@ -165,3 +165,17 @@ def test_linear_equals_nn_linear(shape):
     ref_grads = torch.autograd.grad(want.square().sum(), (x, ref.weight, ref.bias))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (3, 17, 48)], ids=["1 row", "4 rows", "51 rows"])
+def test_linear_under_bfloat16_autocast_is_nn_linear(shape):
+    """Under autocast Linear takes nn.Linear's own order for every shape: the same bfloat16 output, bit for bit."""
+    torch.manual_seed(0)
+    ours = Linear(48, 80)
+    ref = torch.nn.Linear(48, 80)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        got, want = ours(x), ref(x)
+    assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape and got.is_contiguous()
+    assert torch.equal(got, want)
