@@ -12,8 +12,8 @@ a slow spell of a shared machine hits all of them; ratios are taken within each 
 their median and range over the rounds.
 
 What makes generate fast: the KV cache (a step runs one new token), the output head at the last position
-only, computed as W h^T (for a few rows, ~3x faster than h W^T on a CPU), the blocks' linears the same way
-(model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
+only, in float32 computed as W h^T (for a few rows, ~3x faster than h W^T on a CPU; in bfloat16 the other
+way round), the blocks' linears the same way (model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
 vocabulary entry).
 """
 
