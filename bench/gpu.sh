@@ -14,16 +14,16 @@
 #   3. bfloat16 against float32: the training loss over the first 200 steps of tiny (bench/bf16_curve.py)
 #   4. the full HellaSwag (10,042 examples) with step 2's checkpoint
 #
-# Everything goes to --out (default gpu_check/): the runs' logs and one JSON file per step.
+# Everything goes to --out (default: gpu_check/ in the repository): the runs' logs and one JSON file per step.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo="$(cd "$(dirname "$0")/.." && pwd)"
 
-dry=0 data="" hellaswag="" out="gpu_check"
+dry=0 data="" hellaswag="" out="$repo/gpu_check"
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) dry=1 ;;
         --data|--hellaswag|--out)
-            [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+            [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || { echo "error: $1 needs a value" >&2; exit 2; }
             case "$1" in --data) data="$2" ;; --hellaswag) hellaswag="$2" ;; --out) out="$2" ;; esac
             shift ;;
         *) echo "error: unknown argument $1 (see the top of $0)" >&2; exit 2 ;;
@@ -33,7 +33,12 @@ done
 [ "$dry" = 1 ] || { [ -n "$data" ] && [ -n "$hellaswag" ]; } || { echo "error: pass --data SHARDS --hellaswag FILE, or --dry-run" >&2; exit 2; }
 [ -z "$data" ] || [ -d "$data" ] || { echo "error: --data $data is not a directory of shards" >&2; exit 2; }
 [ -z "$hellaswag" ] || [ -f "$hellaswag" ] || { echo "error: --hellaswag $hellaswag not found" >&2; exit 2; }
+# the paths given are the caller's: make them absolute before moving to the repository, where the scripts are
+[ -z "$data" ] || data="$(cd "$data" && pwd)"
+[ -z "$hellaswag" ] || hellaswag="$(cd "$(dirname "$hellaswag")" && pwd)/$(basename "$hellaswag")"
 mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+cd "$repo"
 
 if [ "$dry" = 1 ]; then  # toy sizes, on whatever device there is
     device=auto
