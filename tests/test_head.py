@@ -76,12 +76,18 @@ def test_head_logits_are_the_plain_logits():
     torch.testing.assert_close(head_logits(h, weight, 3.0), softcap(h @ weight.t(), 3.0), rtol=1e-5, atol=1e-5)
 
 
-def test_head_logits_under_bfloat16_autocast_are_its_logits():
-    """Under autocast (sampling in bfloat16) the head runs in bfloat16: the plain head's logits under the same
-    autocast, returned in float32, and within bfloat16's rounding of the float32 logits."""
+def test_head_logits_under_bfloat16_autocast_are_its_logits(monkeypatch):
+    """Under autocast (sampling in bfloat16) the head runs in bfloat16 as h W^T, not as float32's W h^T: the
+    plain head's logits under the same autocast, returned in float32, within bfloat16's rounding of float32's."""
     h, weight, _ = data(4)
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: calls.append(a) or mm(*a, **k))
+    head_logits(h, weight)
+    assert len(calls) == 1  # float32: W h^T
     with torch.autocast("cpu", torch.bfloat16):
         got, want = head_logits(h, weight, 3.0), softcap(F.linear(h, weight).float(), 3.0)
+    assert len(calls) == 1  # bfloat16: no W h^T
     assert got.dtype == torch.float32 and torch.equal(got, want)
     torch.testing.assert_close(got, softcap(h @ weight.t(), 3.0), rtol=0.02, atol=0.05)
 

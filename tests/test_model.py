@@ -168,14 +168,22 @@ def test_linear_equals_nn_linear(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (3, 17, 48)], ids=["1 row", "4 rows", "51 rows"])
-def test_linear_under_bfloat16_autocast_is_nn_linear(shape):
-    """Under autocast Linear takes nn.Linear's own order for every shape: the same bfloat16 output, bit for bit."""
+def test_linear_under_bfloat16_autocast_is_nn_linear(shape, monkeypatch):
+    """Under autocast Linear takes nn.Linear's own order, x W^T, for every shape (W x^T is the slower one in
+    bfloat16): the same bfloat16 output, bit for bit, and never the W x^T product of float32's few rows."""
     torch.manual_seed(0)
     ours = Linear(48, 80)
     ref = torch.nn.Linear(48, 80)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(shape)
+    calls = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(a) or addmm(*a, **k))
+    with torch.no_grad():
+        ours(x[:1, :1])
+    assert len(calls) == 1  # float32, one row: W x^T
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         got, want = ours(x), ref(x)
+    assert len(calls) == 1  # bfloat16: no W x^T
     assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape and got.is_contiguous()
     assert torch.equal(got, want)
