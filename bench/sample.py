@@ -7,14 +7,14 @@ baseline's sampler (bench/baseline.py: full recompute, logits at every position)
     python bench/sample.py --checkpoint log/ --skip-plain --dtype bfloat16   # generate under bfloat16 autocast
 
 Every sampler draws from the same weights with the same seed; the table says whether the KV cache drew
-the very tokens of full recompute. The plain sampler runs in float32; --dtype sets generate's. The samplers run round after round, one run of each per round, so that
-a slow spell of a shared machine hits all of them; ratios are taken within each round, and the table gives
-their median and range over the rounds.
+the very tokens of full recompute. The plain sampler runs in float32, generate in --dtype. The samplers
+run round after round, one run of each per round, so that a slow spell of a shared machine hits all of
+them; ratios are taken within each round, and the table gives their median and range over the rounds.
 
 What makes generate fast: the KV cache (a step runs one new token), the output head at the last position
 only, in float32 computed as W h^T (for a few rows, ~3x faster than h W^T on a CPU; in bfloat16 the other
-way round), the blocks' linears the same way (model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one per
-vocabulary entry).
+way round), the blocks' linears the same way (model.Linear), and inverse-CDF sampling (one random number
+per row instead of torch.multinomial's one per vocabulary entry).
 """
 
 import argparse
@@ -59,8 +59,10 @@ def main(argv=None) -> dict:
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--prompt", default="Hello, I'm a language model,")
-    p.add_argument("--repeats", type=int, default=3, help="rounds, one run of each sampler per round (default: %(default)s)")
-    p.add_argument("--skip-plain", action="store_true", help="time generate only (the plain sampler takes ~40 s a run on a CPU)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds, one run of each sampler per round (default: %(default)s)")
+    p.add_argument("--skip-plain", action="store_true",
+                   help="time generate only (the plain sampler takes ~40 s a run on a CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="generate's autocast dtype, as generate.py's --dtype (default: %(default)s)")
@@ -84,23 +86,24 @@ def main(argv=None) -> dict:
     idx = torch.tensor([enc.encode_ordinary(args.prompt)] * args.num_samples, device=device)  # (B, T)
     n = args.num_samples * args.max_new_tokens
 
-    def gen(m, new=args.max_new_tokens, **kw):
+    def gen(m, dtype, new=args.max_new_tokens, **kw):
         def run():
-            with autocast(device.split(":")[0], dtype if m is model else torch.float32):
+            with autocast(device.split(":")[0], dtype):
                 return m.generate(idx, new, top_k=50, generator=torch.Generator(device=device).manual_seed(42), **kw)
         return run
 
     plain_name = "plain (bench/baseline)"
-    samplers = {plain_name: (plain, {}), "generate, recompute": (model, {"use_cache": False}),
-                "generate, KV cache": (model, {"use_cache": True})}
+    samplers = {plain_name: (plain, torch.float32, {}),  # name: (model, autocast dtype, generate's arguments)
+                "generate, recompute": (model, dtype, {"use_cache": False}),
+                "generate, KV cache": (model, dtype, {"use_cache": True})}
     if args.skip_plain:
         del samplers[plain_name]
-    for m, kw in samplers.values():
-        gen(m, 2, **kw)()  # warm-up: allocation, kernel choice
+    for m, dt, kw in samplers.values():
+        gen(m, dt, 2, **kw)()  # warm-up: allocation, kernel choice
     secs, out = {name: [] for name in samplers}, {}
     for _ in range(args.repeats):  # round after round: one run of each sampler per round
-        for name, (m, kw) in samplers.items():
-            s, out[name] = timed(gen(m, **kw), device)
+        for name, (m, dt, kw) in samplers.items():
+            s, out[name] = timed(gen(m, dt, **kw), device)
             secs[name].append(s)
     same = torch.equal(out["generate, KV cache"], out["generate, recompute"])
     ratios = [r / c for r, c in zip(secs["generate, recompute"], secs["generate, KV cache"])]
@@ -108,16 +111,20 @@ def main(argv=None) -> dict:
           f"{'checkpoint ' + args.checkpoint if args.checkpoint else args.preset + ' preset, random weights'} | "
           f"{args.num_samples} samples x {args.max_new_tokens} new tokens, generate in {str(dtype)[6:]}, "
           f"median [range] of {args.repeats} rounds")
-    print(f"{'sampler':<24}{'seconds':>20}{'tokens/s':>20}" + (f"{'vs plain':>20}" if plain_name in secs else ""))
+    print(f"{'sampler':<24}{'seconds':>22}{'tokens/s':>26}" + (f"{'vs plain':>22}" if plain_name in secs else ""))
     for name, ss in secs.items():
-        row = f"{name:<24}{spread(ss, '.2f'):>20}{spread([n / s for s in ss], ',.0f'):>20}"
+        row = f"{name:<24}{spread(ss, '.2f'):>22}  {spread([n / s for s in ss], ',.0f'):>24}"
         if plain_name in secs:  # within each round
-            row += f"{spread([a / b for a, b in zip(secs[plain_name], ss)], '.1f') + 'x':>20}"
+            row += f"  {spread([a / b for a, b in zip(secs[plain_name], ss)], '.1f') + 'x':>20}"
         print(row)
     print(f"KV cache against recompute, within each round: {spread(ratios, '.1f')}x")
-    print(f"KV cache drew the same tokens as recompute: {'yes' if same else 'NO'}"
-          + (" (the plain sampler draws with torch.multinomial, so other tokens)" if not args.skip_plain else "")
-          + (f"; in {str(dtype)[6:]} the two round differently, so their tokens may part" if dtype != torch.float32 else ""))
+    if dtype == torch.float32:  # the same arithmetic either way: other tokens would be a bug
+        verdict = "yes" if same else "NO"
+    else:  # one row at a time and many rows at once round differently in bfloat16
+        verdict = "yes" if same else f"no (expected in {str(dtype)[6:]}: the two paths round differently)"
+    if not args.skip_plain:
+        verdict += "; the plain sampler draws with torch.multinomial, so other tokens"
+    print(f"KV cache drew the same tokens as recompute: {verdict}")
     return {name: n / statistics.median(ss) for name, ss in secs.items()} | {
         "kv_over_recompute": statistics.median(ratios), "same": same}
 
