@@ -88,8 +88,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class Linear(nn.Linear):
     """nn.Linear, computed as W x^T when x has a few rows on a CPU in float32 (a sampling step: B rows, one
-    token each), where that order runs ~1.5x faster than x W^T; the same product either way. In bfloat16
-    (autocast) x W^T is the faster order, so that is nn.Linear's own."""
+    token each), where that order runs ~1.5x faster than x W^T; the same product either way. In any other
+    matmul dtype it is plain nn.Linear (under bfloat16 autocast, x W^T is the faster order)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.numel() > 16 * self.in_features or x.device.type != "cpu" or self.bias is None

@@ -26,6 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 
 import train_gpt  # noqa: E402
+from bench.baseline import PlainGPT, plain_optimizer, plain_step  # noqa: E402
+from device import autocast, autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
+from model import GPT  # noqa: E402
 
 
 def matmul_peak(device: str, dtype: torch.dtype, sizes=(1024, 2048, 4096), repeats: int = 3) -> float:
@@ -69,9 +72,6 @@ class RandomLoader:
 
 def worker(args) -> dict:
     """Time one configuration in this process; returns its figures."""
-    from bench.baseline import PlainGPT, plain_optimizer, plain_step
-    from device import autocast, autocast_dtype, keep_freed_memory, pick_device
-    from model import GPT
 
     device = pick_device(args.device)
     cfg = train_gpt.preset_config(args.preset)
@@ -156,7 +156,6 @@ def main(argv=None) -> list[dict]:
         print(json.dumps(worker(args)))
         return []
 
-    from device import autocast_dtype, pick_device
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     peak32 = matmul_peak(device, torch.float32)
