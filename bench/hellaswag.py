@@ -47,6 +47,11 @@ def main(argv=None) -> dict:
     if args.limit < 0:
         p.error(f"--limit must be at least 0 (0: all), got {args.limit}")
 
+    try:  # first, so that a missing or bad --data file stops before a model is built: one line
+        examples = hellaswag.load_examples(args.data, args.limit or None)
+    except hellaswag.HellaSwagError as e:
+        raise SystemExit(f"error: {e}") from None
+
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     if device == "cpu":
@@ -56,10 +61,6 @@ def main(argv=None) -> dict:
              else GPT(model_config(PRESETS[args.preset])))
     model.to(device)
     enc = get_encoding()
-    try:
-        examples = hellaswag.load_examples(args.data, args.limit or None)
-    except hellaswag.HellaSwagError as e:
-        raise SystemExit(f"error: {e}") from None  # a missing or bad --data file: one line
     labels = torch.tensor([ex["label"] for ex in examples])
 
     def run(score):

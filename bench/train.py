@@ -72,7 +72,6 @@ class RandomLoader:
 
 def worker(args) -> dict:
     """Time one configuration in this process; returns its figures."""
-
     device = pick_device(args.device)
     cfg = train_gpt.preset_config(args.preset)
     cfg.batch_size, cfg.seq_len = args.batch_size, args.seq_len
