@@ -372,11 +372,12 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 #
 # The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
 # per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
-# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here
-# HEAD_CHUNK positions at a time go through the matmul, the log-softmax and, in training, the gradient;
-# only the loss and the gradients of h and of the head's weight are kept. The chunks' logits and
-# log-probabilities go into the same two buffers, one pair per call.
-HEAD_CHUNK = 512  # positions per chunk: 103 MB of float32 log-probabilities at vocab 50,304
+# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here HEAD_CHUNK
+# positions at a time go through the matmul, then SOFTMAX_ROWS of them at a time through the float32
+# log-softmax and, in training, the gradient, a few MB that stay in a CPU's cache. Only the loss and the
+# gradients of h and of the head's weight are kept.
+HEAD_CHUNK = 512  # positions per matmul: 51 MB of bfloat16 logits at vocab 50,304 (103 MB in float32)
+SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
 
 def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -396,28 +397,47 @@ def matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 class HeadChunks:
     """The chunks of positions of h (N, C) and their targets (N,), with the head's weight cast once (autocast
-    would cast it for every matmul) and one set of buffers for the chunks' logits and log-probabilities."""
+    would cast it for every matmul) and one buffer for a chunk's logits."""
 
-    def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype):
-        self.x, self.w, self.targets, self.cap = h.to(dtype), weight.to(dtype), targets, cap
-        shape = (min(HEAD_CHUNK, len(h)), weight.size(0))
-        self.logits = torch.empty(shape, dtype=dtype, device=h.device)
-        self.log_probs = torch.empty(shape, dtype=torch.float32, device=h.device)
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
+                 grad: bool = False):
+        self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), weight.to(dtype), targets, cap, grad
+        self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
+        # eager: SOFTMAX_ROWS at a time, in cache; compiled: the whole chunk, which inductor fuses into one loop
+        self.rows = HEAD_CHUNK if torch.compiler.is_compiling() else SOFTMAX_ROWS
+        self.index = torch.arange(self.rows, device=h.device)
 
     def __iter__(self):
-        """Yields (start, x, targets (n, 1), log-probabilities (n, vocab) float32, t): t = tanh(logits / cap)
-        (n, vocab) float32 under the soft-cap, else None; then the buffer logits[:n] holds the raw logits."""
+        """Yields (start, x, logits, losses): a chunk's inputs (n, C), its logits (n, vocab) in the buffer, and
+        the cross-entropy of each of its targets (n,) float32. With grad, the buffer holds instead the gradient
+        of the summed loss with respect to the logits."""
         for i in range(0, len(self.x), HEAD_CHUNK):
-            x, y = self.x[i:i + HEAD_CHUNK], self.targets[i:i + HEAD_CHUNK, None]
-            logits, log_probs = self.logits[:len(x)], self.log_probs[:len(x)]
+            x, y = self.x[i:i + HEAD_CHUNK], self.targets[i:i + HEAD_CHUNK]
+            logits = self.logits[:len(x)]
             torch.mm(x, self.w.t(), out=logits)  # (n, vocab)
-            t = None
+            yield i, x, logits, self.cross_entropy(logits, y)
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """-log p of targets y (n,) under logits (n, vocab) in float32, self.rows rows at a time. With grad,
+        the logits become softmax - one_hot(y), times the soft-cap's derivative, in their own dtype."""
+        losses = torch.empty(len(logits), device=logits.device)
+        for r in range(0, len(logits), self.rows):
+            z, yr = logits[r:r + self.rows], y[r:r + self.rows, None]  # (m, vocab), (m, 1)
+            s, dcap = z, 1.0
             if self.cap:
-                t = logits.float().div_(self.cap).tanh_()  # the capped logits are cap * t
-                torch.log_softmax(t * self.cap, 1, out=log_probs)
-            else:
-                torch.log_softmax(logits, 1, dtype=torch.float32, out=log_probs)
-            yield i, x, y, log_probs, t
+                t = torch.tanh(z.float() / self.cap)
+                s, dcap = t * self.cap, 1 - t * t  # the capped logits, float32, and the cap's derivative
+            log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)  # (m, 1)
+            losses[r:r + len(z)] = -log_p[:, 0]
+            if self.grad:
+                if self.cap:
+                    z.copy_(torch.softmax(s, 1) * dcap)
+                    dcap = dcap.gather(1, yr)
+                else:
+                    torch.softmax(z, 1, out=z)  # in place, in the logits' dtype
+                # minus one_hot(y), that entry from float32: p - 1 in bfloat16 would lose p's last bits
+                z[self.index[:len(z)], yr[:, 0]] = ((log_p.exp() - 1) * dcap)[:, 0].to(z.dtype)
+        return losses
 
 
 def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -430,7 +450,7 @@ def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ca
     n, pad = len(h), -len(h) % HEAD_CHUNK
     with torch.no_grad():
         chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, matmul_dtype(weight))
-        return torch.cat([-log_probs.gather(1, y).squeeze(1) for _, _, y, log_probs, _ in chunks])[:n]
+        return torch.cat([losses for _, _, _, losses in chunks])[:n]
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -452,23 +472,15 @@ class HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, targets, cap, dtype):
-        chunks = HeadChunks(h, weight, targets, cap, dtype)
+        chunks = HeadChunks(h, weight, targets, cap, dtype, grad=True)
         loss = torch.zeros((), device=h.device)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over the chunks in float32
-        for i, x, y, log_probs, t in chunks:
-            log_p = log_probs.gather(1, y)  # (n, 1)
-            loss -= log_p.sum()
-            if t is None:
-                g = torch.softmax(chunks.logits[:len(x)], 1, out=chunks.logits[:len(x)])  # in place, in dtype
-                dcap = 1.0
-            else:
-                g = log_probs.exp_().mul_(1 - t * t).to(dtype)  # the softmax, through the cap
-                dcap = 1 - t.gather(1, y) ** 2  # (n, 1) the cap's derivative at the targets
-            # minus one_hot(target), that entry from float32: p - 1 in bfloat16 would lose p's last bits
-            g.scatter_(1, y, ((log_p.exp() - 1) * dcap).to(dtype))
+        grad_h, grad_w = torch.empty_like(h), None  # grad_w: summed over the chunks in float32
+        for i, x, g, losses in chunks:  # g: d (summed loss) / d logits
+            loss += losses.sum()
             grad_h[i:i + len(x)] = torch.mm(g, chunks.w)
-            if dtype == grad_w.dtype:
+            if grad_w is None:
+                grad_w = torch.mm(g.t(), x).float()
+            elif dtype == torch.float32:
                 grad_w.addmm_(g.t(), x)
             else:  # a bfloat16 product, summed in float32
                 grad_w += torch.mm(g.t(), x)
