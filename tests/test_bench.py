@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from bench import hellaswag as bench_hellaswag
-from bench import bf16_curve, sample, train
+from bench import bf16_curve, head, sample, train
 from bench import fineweb as bench_fineweb
 from conftest import CORPUS, HELLASWAG, REPO
 
@@ -83,6 +83,41 @@ def test_gpu_script_dry_run(tmp_path):
     assert "n=40 " in (out / "hellaswag.txt").read_text()
     assert json.loads((out / "bf16.json").read_text())["steps"] == 10
 
+
+
+HEAD = ["--positions", "300", "--n-embd", "16", "--vocab", "1000", "--repeats", "2", "--dtype", "float32"]
+
+
+@pytest.mark.parametrize("cap", ["0", "5"])
+def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys):
+    result = head.main(HEAD + ["--cap", cap])
+    printed = capsys.readouterr().out
+    assert set(result) == {"plain", "chunked (model.head_loss)", "loss", "matmul_s"}
+    assert result["plain"] > 0 and result["chunked (model.head_loss)"] > 0 and result["matmul_s"] > 0
+    losses = result["loss"]  # the same loss both ways, in float32
+    assert losses["chunked (model.head_loss)"] == pytest.approx(losses["plain"], rel=1e-5)
+    assert "median [range] of 2 rounds" in printed and f"cap {cap}," in printed and "matmuls at the peak" in printed
+
+
+@pytest.mark.slow
+def test_head_bench_compiled(capsys):
+    result = head.main(HEAD + ["--compile", "--cap", "5"])
+    losses = result["loss"]
+    assert set(losses) == {"plain", "chunked (model.head_loss)", "plain, compiled", "chunked, compiled"}
+    for name in losses:
+        assert losses[name] == pytest.approx(losses["plain"], rel=1e-5), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--positions", "0"], "--positions must be at least 1, got 0"),
+    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (["--vocab", "1"], "--vocab must be at least 2, got 1"),
+    (["--cap", "-1"], "--cap must be 0 (none) or positive, got -1.0"),
+])
+def test_head_bench_rejects_bad_flags(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        head.main(argv)
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
 @pytest.mark.parametrize("argv, message", [
     (["--accum", "0"], "--accum must be at least 1, got 0"),
