@@ -403,8 +403,10 @@ class HeadChunks:
                  grad: bool = False):
         self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), weight.to(dtype), targets, cap, grad
         self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
-        # eager: SOFTMAX_ROWS at a time, in cache; compiled: the whole chunk, which inductor fuses into one loop
-        self.rows = HEAD_CHUNK if torch.compiler.is_compiling() else SOFTMAX_ROWS
+        # eager on a CPU: SOFTMAX_ROWS at a time, in cache; compiled (inductor fuses it into one loop) or on a
+        # GPU (where 32 rows would leave most of it idle): the whole chunk
+        cpu_eager = h.device.type == "cpu" and not torch.compiler.is_compiling()
+        self.rows = SOFTMAX_ROWS if cpu_eager else HEAD_CHUNK
         self.index = torch.arange(self.rows, device=h.device)
 
     def __iter__(self):
@@ -484,6 +486,8 @@ class HeadLoss(torch.autograd.Function):
                 grad_w.addmm_(g.t(), x)
             else:  # a bfloat16 product, summed in float32
                 grad_w += torch.mm(g.t(), x)
+        if grad_w is None:  # no positions at all
+            grad_w = torch.zeros_like(weight, dtype=torch.float32)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.weight_dtype = len(h), weight.dtype
         return loss / len(h)
