@@ -14,6 +14,7 @@ weight) at this machine's matmul peak, measured in the run: what the head would 
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -35,8 +36,8 @@ def plain_head_loss(h, weight, targets, cap):
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--positions", type=int, default=2048, help="rows of hidden states (default: %(default)s)")
-    p.add_argument("--n-embd", type=int, default=256, help="(default: %(default)s)")
-    p.add_argument("--vocab", type=int, default=50304, help="(default: %(default)s)")
+    p.add_argument("--n-embd", type=int, default=256, help="width of the hidden states (default: %(default)s)")
+    p.add_argument("--vocab", type=int, default=50304, help="rows of the head's weight (default: %(default)s)")
     p.add_argument("--cap", type=float, default=0.0, help="logit soft-cap; 0: none (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="also time both under torch.compile")
     p.add_argument("--repeats", type=int, default=5, help="rounds (default: %(default)s)")
@@ -56,6 +57,7 @@ def main(argv=None) -> dict:
     if device_type == "cpu":
         keep_freed_memory()  # as training does
     dtype = autocast_dtype(device_type, args.dtype)
+    dtype_name = str(dtype).replace("torch.", "")
     g = torch.Generator().manual_seed(0)
     h = torch.randn(args.positions, args.n_embd, generator=g).to(device).requires_grad_()
     weight = (torch.randn(args.vocab, args.n_embd, generator=g) * 0.02).to(device).requires_grad_()
@@ -84,15 +86,15 @@ def main(argv=None) -> dict:
     flops = 3 * 2 * args.positions * args.n_embd * args.vocab
     peak = matmul_peak(device, dtype)
     print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} threads | {args.positions} "
-          f"positions, {args.n_embd} -> {args.vocab:,}, cap {args.cap:g}, {str(dtype)[6:]} | median [range] of "
+          f"positions, {args.n_embd} -> {args.vocab:,}, cap {args.cap:g}, {dtype_name} | median [range] of "
           f"{args.repeats} rounds")
     print(f"{'head, forward + backward':<28}{'ms':>22}{'vs plain':>22}{'loss':>12}")
     for name, ss in secs.items():
         speed = spread([a / b for a, b in zip(secs["plain"], ss)], ".2f") + "x"
         print(f"{name:<28}{spread([s * 1e3 for s in ss], '.1f'):>22}{speed:>22}{loss[name]:>12.5f}")
     print(f"{'matmuls at the peak':<28}{flops / peak * 1e3:>22.1f}   ({flops / 1e9:.1f} GFLOP at "
-          f"{peak / 1e9:.0f} GFLOP/s, {str(dtype)[6:]})")
-    return {name: min(ss) for name, ss in secs.items()} | {"loss": loss, "matmul_s": flops / peak}
+          f"{peak / 1e9:.0f} GFLOP/s, {dtype_name})")
+    return {name: statistics.median(ss) for name, ss in secs.items()} | {"loss": loss, "matmul_s": flops / peak}
 
 
 if __name__ == "__main__":

@@ -84,7 +84,6 @@ def test_gpu_script_dry_run(tmp_path):
     assert json.loads((out / "bf16.json").read_text())["steps"] == 10
 
 
-
 HEAD = ["--positions", "300", "--n-embd", "16", "--vocab", "1000", "--repeats", "2", "--dtype", "float32"]
 
 
@@ -118,6 +117,7 @@ def test_head_bench_rejects_bad_flags(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         head.main(argv)
     assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--accum", "0"], "--accum must be at least 1, got 0"),
