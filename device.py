@@ -75,7 +75,7 @@ def keep_freed_memory() -> None:
     """Let glibc keep freed memory for the next allocation instead of giving it back to the OS at once.
 
     A CPU training step allocates and frees the same large tensors every micro-step (the head's chunk of
-    logits alone is 512 x 50,304 floats, 100 MB in float32). glibc serves blocks above 32 MB with mmap and
+    logits alone is 512 x 50,304 floats, 103 MB in float32). glibc serves blocks above 32 MB with mmap and
     unmaps them when freed, so every micro-step the kernel hands out those pages again, zeroed: ~210k page
     faults a `seed` step at 4 x 512, 13-15% of its time in eager bfloat16 on a 2-core CPU (1.29-1.34 against
     1.11-1.17 s a step; ~7k faults with this). Raising the mmap and trim thresholds keeps the blocks in the

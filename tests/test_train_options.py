@@ -123,7 +123,7 @@ from model import GPT, GPTConfig
 if {keep}:
     keep_freed_memory()
 model = GPT({tiny!r})  # tests/conftest.py's TINY
-x = torch.randint(0, 50257, (8, 64))  # the head's chunk of logits, 512 x 50,304 floats: 100 MB, freed each step
+x = torch.randint(0, 50257, (8, 64))  # the head's chunk of logits, 512 x 50,304 floats: 103 MB, freed each step
 def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     _, loss = model(x, x)
