@@ -476,18 +476,15 @@ class HeadLoss(torch.autograd.Function):
     def forward(ctx, h, weight, targets, cap, dtype):
         chunks = HeadChunks(h, weight, targets, cap, dtype, grad=True)
         loss = torch.zeros((), device=h.device)
-        grad_h, grad_w = torch.empty_like(h), None  # grad_w: summed over the chunks in float32
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over the chunks in float32
         for i, x, g, losses in chunks:  # g: d (summed loss) / d logits
             loss += losses.sum()
             grad_h[i:i + len(x)] = torch.mm(g, chunks.w)
-            if grad_w is None:
-                grad_w = torch.mm(g.t(), x).float()
-            elif dtype == torch.float32:
+            if dtype == grad_w.dtype:
                 grad_w.addmm_(g.t(), x)
             else:  # a bfloat16 product, summed in float32
                 grad_w += torch.mm(g.t(), x)
-        if grad_w is None:  # no positions at all
-            grad_w = torch.zeros_like(weight, dtype=torch.float32)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.weight_dtype = len(h), weight.dtype
         return loss / len(h)
