@@ -107,27 +107,19 @@ def test_head_bench_compiled(capsys):
         assert losses[name] == pytest.approx(losses["plain"], rel=1e-5), name
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--positions", "0"], "--positions must be at least 1, got 0"),
-    (["--repeats", "0"], "--repeats must be at least 1, got 0"),
-    (["--vocab", "1"], "--vocab must be at least 2, got 1"),
-    (["--cap", "-1"], "--cap must be 0 (none) or positive, got -1.0"),
-])
-def test_head_bench_rejects_bad_flags(argv, message, capsys):
+@pytest.mark.parametrize("bench, argv, message", [
+    (head, ["--positions", "0"], "--positions must be at least 1, got 0"),
+    (head, ["--repeats", "0"], "--repeats must be at least 1, got 0"),
+    (head, ["--vocab", "1"], "--vocab must be at least 2, got 1"),
+    (head, ["--cap", "-1"], "--cap must be 0 (none) or positive, got -1.0"),
+    (train, ["--accum", "0"], "--accum must be at least 1, got 0"),
+    (train, ["--runs", "0"], "--runs must be at least 1, got 0"),
+    (train, ["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+    (train, ["--preset", "tiny"], "--seq-len 512 is longer than the tiny preset's context (64)"),
+], ids=lambda v: getattr(v, "__name__", None))
+def test_head_and_train_benches_reject_bad_flags(bench, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
-        head.main(argv)
-    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--accum", "0"], "--accum must be at least 1, got 0"),
-    (["--runs", "0"], "--runs must be at least 1, got 0"),
-    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
-    (["--preset", "tiny"], "--seq-len 512 is longer than the tiny preset's context (64)"),
-])
-def test_train_bench_rejects_bad_flags(argv, message, capsys):
-    with pytest.raises(SystemExit) as e:
-        train.main(argv)
+        bench.main(argv)
     assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
 
