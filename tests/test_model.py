@@ -1,7 +1,7 @@
 """python -m pytest tests/test_model.py -v
 
 model.py on its own: shapes, the loss at init, causality, tied weights, parameter counts, initialisation,
-config errors, and attention against attention written out by hand. Parity with Hugging Face's GPT-2 is in
+config errors, attention against attention written out by hand and against SDPA. Parity with Hugging Face's GPT-2 is in
 test_hf.py, sampling in test_generate.py.
 """
 
@@ -9,9 +9,10 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from conftest import TINY
-from model import GPT, CausalSelfAttention, GPTConfig, Linear, Rotary
+from model import GPT, CausalAttention, CausalSelfAttention, GPTConfig, Linear, Rotary, causal_attention
 from train_gpt import PRESETS, model_config
 
 
@@ -147,6 +148,41 @@ def test_attention_equals_attention_by_hand(qk_norm, rope):
         want = attention_by_hand(attn, x, qk_norm, rope)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
+
+def qkv(B, nh, T, hs, dtype=torch.float32):
+    torch.manual_seed(0)
+    return [torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+@pytest.mark.parametrize("T", [1, 17, 64])
+def test_causal_attention_equals_sdpa(T):
+    """CausalAttention (matmuls around a softmax, and its own backward) gives SDPA's causal output and
+    gradients in float32, within 1e-5; its backward passes gradcheck in float64."""
+    q, k, v = qkv(2, 4, T, 16)
+    dy = torch.randn(2, 4, T, 16)
+    got = CausalAttention.apply(q, k, v)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(torch.autograd.grad(got, (q, k, v), dy), torch.autograd.grad(want, (q, k, v), dy)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert torch.autograd.gradcheck(CausalAttention.apply, qkv(1, 2, min(T, 9), 4, torch.float64))
+
+
+def test_causal_attention_in_bfloat16_on_a_cpu():
+    """Under bfloat16 autocast on a CPU causal_attention takes CausalAttention, whose output and gradients
+    stay within a few bfloat16 roundings of float32's; in float32 it is SDPA, bit for bit."""
+    q, k, v = qkv(2, 4, 64, 32)
+    dy = torch.randn(2, 4, 64, 32)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    want_grads = torch.autograd.grad(want, (q, k, v), dy)
+    got = causal_attention(q, k, v)
+    assert "CausalAttention" not in type(got.grad_fn).__name__ and torch.equal(got, want)
+    with torch.autocast("cpu", torch.bfloat16):
+        got = causal_attention(q, k, v)
+    assert "CausalAttention" in type(got.grad_fn).__name__ and got.dtype == torch.bfloat16
+    eps = torch.finfo(torch.bfloat16).eps
+    for g, w in zip((got, *torch.autograd.grad(got, (q, k, v), dy)), (want, *want_grads)):
+        assert (g.float() - w).abs().max() <= 3 * eps * w.abs().max()
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (2, 8, 48), (16, 48), (3, 17, 48)],
                          ids=["1 row", "4 rows", "16 rows", "16 rows, 2-d", "51 rows"])
