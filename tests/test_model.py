@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import TINY
+import model
 from model import GPT, CausalAttention, CausalSelfAttention, GPTConfig, Linear, Rotary, causal_attention
 from train_gpt import PRESETS, model_config
 
@@ -154,10 +155,13 @@ def qkv(B, nh, T, hs, dtype=torch.float32):
     return [torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True) for _ in range(3)]
 
 
-@pytest.mark.parametrize("T", [1, 17, 64])
-def test_causal_attention_equals_sdpa(T):
-    """CausalAttention (matmuls around a softmax, and its own backward) gives SDPA's causal output and
-    gradients in float32, within 1e-5; its backward passes gradcheck in float64."""
+@pytest.mark.parametrize("T,rows", [(1, 256), (17, 256), (64, 256), (17, 8), (64, 16)],
+                         ids=["1 query", "17 queries", "64 queries", "17 in blocks of 8", "64 in blocks of 16"])
+def test_causal_attention_equals_sdpa(T, rows, monkeypatch):
+    """CausalAttention (matmuls around a softmax, a block of queries at a time, and its own backward) gives
+    SDPA's causal output and gradients in float32, within 1e-5, in one block of queries and in several
+    (the last one short); its backward passes gradcheck in float64."""
+    monkeypatch.setattr(model, "ATTN_ROWS", rows)
     q, k, v = qkv(2, 4, T, 16)
     dy = torch.randn(2, 4, T, 16)
     got = CausalAttention.apply(q, k, v)
