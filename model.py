@@ -121,7 +121,7 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if rotary is not None:  # positions enter here, by rotating queries and keys (before they are cached)
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        # softmax(q k^T / sqrt(hs) + causal mask) v, fused (flash attention where the device has it)
+        # softmax(q k^T / sqrt(hs) + causal mask) v: SDPA's fused kernel, or causal_attention's matmuls
         if cache is not None:  # sampling: the prompt first (causal), then one new token at a time
             prompt = cache.len == 0
             k, v = cache.append(k, v)  # (B, nh, tokens so far, hs)
@@ -149,7 +149,7 @@ ATTN_ROWS = 256  # queries per block in CausalAttention
 class CausalAttention(torch.autograd.Function):
     """Causal attention as batched matmuls around a softmax, ATTN_ROWS queries at a time: a block of queries
     reads the keys up to its own last one only, so the matmuls skip scores the mask would zero (at T = 512,
-    a quarter of them). The attention weights are kept for the backward pass: 2 bytes each in bfloat16,
+    a quarter of all the scores, half of the masked ones). The attention weights are kept for the backward pass: 2 bytes each in bfloat16,
     12.6 MB a layer for `seed` at 4 x 512, where a flash kernel keeps a few numbers per row and recomputes
     the rest. In return every product is a large matmul."""
 
@@ -175,8 +175,9 @@ class CausalAttention(torch.autograd.Function):
         q, k, v, *atts = ctx.saved_tensors
         dy = dy.to(v.dtype)
         dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for r0, att in zip(range(0, q.size(-2), ATTN_ROWS), atts):
-            r1 = r0 + att.size(-2)
+        for att in atts:  # (B, nh, r1 - r0, r1): queries r0..r1-1 against keys 0..r1-1
+            r1 = att.size(-1)
+            r0 = r1 - att.size(-2)
             dy_rows = dy[..., r0:r1, :]
             dv[..., :r1, :] += att.transpose(-2, -1) @ dy_rows
             datt = dy_rows @ v[..., :r1, :].transpose(-2, -1)
@@ -184,6 +185,7 @@ class CausalAttention(torch.autograd.Function):
             dq[..., r0:r1, :] = (dscores @ k[..., :r1, :]) * q.size(-1) ** -0.5
             dk[..., :r1, :] += dscores.transpose(-2, -1) @ q[..., r0:r1, :]  # q carries the scale already
         return dq, dk, dv
+
 
 class KVCache:
     """The keys and values of one attention layer for the tokens read so far, kept while sampling.

@@ -172,9 +172,11 @@ def test_causal_attention_equals_sdpa(T, rows, monkeypatch):
     assert torch.autograd.gradcheck(CausalAttention.apply, qkv(1, 2, min(T, 9), 4, torch.float64))
 
 
-def test_causal_attention_in_bfloat16_on_a_cpu():
+@pytest.mark.parametrize("rows", [256, 16], ids=["one block", "4 blocks"])
+def test_causal_attention_in_bfloat16_on_a_cpu(rows, monkeypatch):
     """Under bfloat16 autocast on a CPU causal_attention takes CausalAttention, whose output and gradients
     stay within a few bfloat16 roundings of float32's; in float32 it is SDPA, bit for bit."""
+    monkeypatch.setattr(model, "ATTN_ROWS", rows)
     q, k, v = qkv(2, 4, 64, 32)
     dy = torch.randn(2, 4, 64, 32)
     want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -187,6 +189,28 @@ def test_causal_attention_in_bfloat16_on_a_cpu():
     eps = torch.finfo(torch.bfloat16).eps
     for g, w in zip((got, *torch.autograd.grad(got, (q, k, v), dy)), (want, *want_grads)):
         assert (g.float() - w).abs().max() <= 3 * eps * w.abs().max()
+
+
+def test_model_attention_in_bfloat16_on_a_cpu(monkeypatch):
+    """The model's attention layers take CausalAttention under bfloat16 autocast on a CPU, once a layer, with
+    QK-norm too (its float32 queries meet bfloat16 keys and values), and never in float32; the bfloat16
+    loss follows float32's and every gradient comes back finite."""
+    calls = []
+    apply = CausalAttention.apply
+    monkeypatch.setattr(CausalAttention, "apply", lambda *a: calls.append(a) or apply(*a))
+    config = GPTConfig(**{**vars(TINY), "qk_norm": True})
+    torch.manual_seed(0)
+    gpt = GPT(config)
+    idx = torch.randint(0, 50257, (2, 32))
+    _, loss32 = gpt(idx, idx)
+    assert calls == []
+    with torch.autocast("cpu", torch.bfloat16):
+        _, loss16 = gpt(idx, idx)
+    assert len(calls) == config.n_layer
+    loss16.backward()
+    assert abs(loss16.item() - loss32.item()) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpt.parameters())
+
 
 @pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (2, 8, 48), (16, 48), (3, 17, 48)],
                          ids=["1 row", "4 rows", "16 rows", "16 rows, 2-d", "51 rows"])
