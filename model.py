@@ -149,9 +149,9 @@ ATTN_ROWS = 256  # queries per block in CausalAttention
 class CausalAttention(torch.autograd.Function):
     """Causal attention as batched matmuls around a softmax, ATTN_ROWS queries at a time: a block of queries
     reads the keys up to its own last one only, so the matmuls skip scores the mask would zero (at T = 512,
-    a quarter of all the scores, half of the masked ones). The attention weights are kept for the backward pass: 2 bytes each in bfloat16,
-    12.6 MB a layer for `seed` at 4 x 512, where a flash kernel keeps a few numbers per row and recomputes
-    the rest. In return every product is a large matmul."""
+    a quarter of all the scores, half of the masked ones). The attention weights are kept for the backward
+    pass: 2 bytes each in bfloat16, 12.6 MB a layer for `seed` at 4 x 512, where a flash kernel keeps a few
+    numbers per row and recomputes the rest. In return every product is a large matmul."""
 
     @staticmethod
     def forward(ctx, q, k, v):
