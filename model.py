@@ -458,8 +458,8 @@ class HeadChunks:
         self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
         # eager on a CPU: SOFTMAX_ROWS at a time, in cache; compiled (inductor fuses it into one loop) or on a
         # GPU (where 32 rows would leave most of it idle): the whole chunk
-        cpu_eager = h.device.type == "cpu" and not torch.compiler.is_compiling()
-        self.rows = SOFTMAX_ROWS if cpu_eager else HEAD_CHUNK
+        self.in_cache = h.device.type == "cpu" and not torch.compiler.is_compiling()
+        self.rows = SOFTMAX_ROWS if self.in_cache else HEAD_CHUNK
         self.index = torch.arange(self.rows, device=h.device)
 
     def __iter__(self):
@@ -478,20 +478,24 @@ class HeadChunks:
         losses = torch.empty(len(logits), device=logits.device)
         for r in range(0, len(logits), self.rows):
             z, yr = logits[r:r + self.rows], y[r:r + self.rows, None]  # (m, vocab), (m, 1)
-            s, dcap = z, 1.0
+            s, dcap = z, None
             if self.cap:
                 t = torch.tanh(z.float() / self.cap)
                 s, dcap = t * self.cap, 1 - t * t  # the capped logits, float32, and the cap's derivative
-            log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)  # (m, 1)
+            if self.in_cache:  # one float32 softmax of the few rows, in cache, its log taken at the targets only
+                p = torch.softmax(s, 1, dtype=torch.float32)  # (m, vocab)
+                log_p = p.gather(1, yr).log()
+                if bool((log_p < -60).any()):  # nearing float32's underflow (p < 1e-38): the log-softmax instead
+                    log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)
+            else:  # a fused kernel (compiled, a GPU): the log-softmax, and in training the softmax, one loop each
+                log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)  # (m, 1)
+                p = torch.softmax(s, 1) if self.grad else None
             losses[r:r + len(z)] = -log_p[:, 0]
             if self.grad:
-                if self.cap:
-                    z.copy_(torch.softmax(s, 1) * dcap)
-                    dcap = dcap.gather(1, yr)
-                else:
-                    torch.softmax(z, 1, out=z)  # in place, in the logits' dtype
+                z.copy_(p if dcap is None else p * dcap)  # in the logits' dtype
+                d_y = log_p.exp() - 1 if dcap is None else (log_p.exp() - 1) * dcap.gather(1, yr)
                 # minus one_hot(y), that entry from float32: p - 1 in bfloat16 would lose p's last bits
-                z[self.index[:len(z)], yr[:, 0]] = ((log_p.exp() - 1) * dcap)[:, 0].to(z.dtype)
+                z[self.index[:len(z)], yr[:, 0]] = d_y[:, 0].to(z.dtype)
         return losses
 
 

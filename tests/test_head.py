@@ -42,18 +42,39 @@ def assert_rel_close(a, b, tol):
     assert (a - b).abs().max().item() <= tol * b.abs().max().item(), (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("rows", [7, 256])  # a short last group of rows in every chunk; whole chunks (GPU, compiled)
+@pytest.mark.parametrize("rows", [7, 256, "fused"])  # a short last group in every chunk; whole chunks, in eager on
+# a CPU (one softmax, its log at the targets) and as compiled or on a GPU (log-softmax and softmax, fused)
 @pytest.mark.parametrize("cap", [0.0, 3.0])
 @pytest.mark.parametrize("n", [1, 100, 600])  # within one chunk, and over several with a short last one
 def test_equals_plain_cross_entropy_in_float32(monkeypatch, cap, n, rows):
     monkeypatch.setattr(M, "HEAD_CHUNK", 256)
-    monkeypatch.setattr(M, "SOFTMAX_ROWS", rows)
+    if rows == "fused":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what HeadChunks asks to choose
+    else:
+        monkeypatch.setattr(M, "SOFTMAX_ROWS", rows)
     h, weight, targets = data(n)
     ours = loss_and_grads(head_loss, h, weight, targets, cap)
     ref = loss_and_grads(plain_loss, h, weight, targets, cap)
     assert abs(ours[0].item() - ref[0].item()) <= 1e-5 * ref[0].item()
     assert_rel_close(ours[1], ref[1], 1e-5)
     assert_rel_close(ours[2], ref[2], 1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_target_too_unlikely_for_float32_probabilities(grad):
+    """A target whose probability underflows float32 (a loss near 100, past exp's range): its loss is the
+    log-softmax's, not the infinity that the log of a softmax of 0 would give; the other rows are unchanged."""
+    h, weight, targets = data(40)
+    h[5] = weight[targets[5] + 1] * 40  # target 5's logit ~100 below the top one
+    ref = F.cross_entropy(h @ weight.t(), targets, reduction="none")
+    assert ref[5] > 90
+    if grad:
+        ours = loss_and_grads(head_loss, h, weight, targets, 0.0)
+        want = loss_and_grads(plain_loss, h, weight, targets, 0.0)
+        torch.testing.assert_close(ours[0], want[0], rtol=1e-5, atol=0)
+        assert_rel_close(ours[1], want[1], 1e-5)
+    else:
+        torch.testing.assert_close(head_losses(h, weight, targets), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_scales_by_the_incoming_gradient():
