@@ -426,9 +426,9 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
 # per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
 # cross-entropy then reads and writes several times over, and keeps for the backward pass. Here HEAD_CHUNK
-# positions at a time go through the matmul, then SOFTMAX_ROWS of them at a time through the float32
-# log-softmax and, in training, the gradient, a few MB that stay in a CPU's cache. Only the loss and the
-# gradients of h and of the head's weight are kept.
+# positions at a time go through the matmul, then (on a CPU) SOFTMAX_ROWS of them at a time through the
+# float32 softmax, the loss and, in training, the gradient, a few MB that stay in the cache. Only the loss
+# and the gradients of h and of the head's weight are kept.
 HEAD_CHUNK = 512  # positions per matmul: 51 MB of bfloat16 logits at vocab 50,304 (103 MB in float32)
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
