@@ -450,8 +450,8 @@ def matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 class HeadChunks:
     """The chunks of positions of h (N, C) and their targets (N,), with the head's weight cast once (autocast
-    would cast it for every matmul), one buffer for a chunk's logits and, on a CPU in eager mode, one for
-    the float32 softmax of a few of its rows."""
+    would cast it for every matmul), one buffer for a chunk's logits and, for bfloat16 logits on a CPU in
+    eager mode, one for the float32 softmax of a few of its rows."""
 
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
                  grad: bool = False):
@@ -462,7 +462,7 @@ class HeadChunks:
         self.in_cache = h.device.type == "cpu" and not torch.compiler.is_compiling()
         self.rows = SOFTMAX_ROWS if self.in_cache else HEAD_CHUNK
         self.index = torch.arange(self.rows, device=h.device)
-        if self.in_cache:  # a float32 buffer for the softmax of a few rows
+        if self.in_cache and dtype != torch.float32 and not cap:  # a float32 buffer for a few rows' softmax
             self.probs = torch.empty((self.rows, weight.size(0)), device=h.device)
 
     def __iter__(self):
@@ -486,8 +486,11 @@ class HeadChunks:
                 t = torch.tanh(z.float() / self.cap)
                 s, dcap = t * self.cap, 1 - t * t  # the capped logits, float32, and the cap's derivative
             if self.in_cache:  # one float32 softmax of the few rows, in cache, its log taken at the targets only
-                p = self.probs[:len(z)].copy_(s)  # (m, vocab) float32
-                torch.softmax(p, 1, out=p)
+                if s.dtype == torch.float32:
+                    p = torch.softmax(s, 1)  # (m, vocab)
+                else:  # bfloat16 logits: copied into a float32 buffer, the softmax in place there
+                    p = self.probs[:len(z)].copy_(s)
+                    torch.softmax(p, 1, out=p)
                 log_p = p.gather(1, yr).log()
                 if bool((log_p < -60).any()):  # nearing float32's underflow (p < 1e-38): the log-softmax instead
                     log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)
