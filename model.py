@@ -450,19 +450,18 @@ def matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 class HeadChunks:
     """The chunks of positions of h (N, C) and their targets (N,), with the head's weight cast once (autocast
-    would cast it for every matmul), one buffer for a chunk's logits and, for bfloat16 logits on a CPU in
-    eager mode, one for the float32 softmax of a few of its rows."""
+    would cast it for every matmul), one buffer for a chunk's logits and, for bfloat16 logits without the
+    soft-cap on a CPU in eager mode, one for the float32 softmax of a few of its rows."""
 
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
                  grad: bool = False):
         self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), weight.to(dtype), targets, cap, grad
         self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
-        # eager on a CPU: SOFTMAX_ROWS at a time, in cache; compiled (inductor fuses it into one loop) or on a
-        # GPU (where 32 rows would leave most of it idle): the whole chunk
-        self.in_cache = h.device.type == "cpu" and not torch.compiler.is_compiling()
+        self.in_cache = softmax_in_rows(h.device)
         self.rows = SOFTMAX_ROWS if self.in_cache else HEAD_CHUNK
         self.index = torch.arange(self.rows, device=h.device)
-        if self.in_cache and dtype != torch.float32 and not cap:  # a float32 buffer for a few rows' softmax
+        self.probs = None  # float32 logits (a float32 run, or soft-capped) take their softmax straight
+        if self.in_cache and dtype != torch.float32 and not cap:
             self.probs = torch.empty((self.rows, weight.size(0)), device=h.device)
 
     def __iter__(self):
@@ -481,29 +480,45 @@ class HeadChunks:
         losses = torch.empty(len(logits), device=logits.device)
         for r in range(0, len(logits), self.rows):
             z, yr = logits[r:r + self.rows], y[r:r + self.rows, None]  # (m, vocab), (m, 1)
-            s, dcap = z, None
+            s, dcap, p = z, None, None
             if self.cap:
                 t = torch.tanh(z.float() / self.cap)
                 s, dcap = t * self.cap, 1 - t * t  # the capped logits, float32, and the cap's derivative
+            # s stays as it is until the loss is known: the fallback below reads it again
             if self.in_cache:  # one float32 softmax of the few rows, in cache, its log taken at the targets only
-                if s.dtype == torch.float32:
-                    p = torch.softmax(s, 1)  # (m, vocab)
-                else:  # bfloat16 logits: copied into a float32 buffer, the softmax in place there
+                if self.probs is None:
+                    p = torch.softmax(s, 1)  # (m, vocab) float32
+                else:  # bfloat16 logits: copied into the float32 buffer, the softmax in place there
                     p = self.probs[:len(z)].copy_(s)
                     torch.softmax(p, 1, out=p)
                 log_p = p.gather(1, yr).log()
-                if bool((log_p < -60).any()):  # nearing float32's underflow (p < 1e-38): the log-softmax instead
+                # below e^-60 a target's p nears float32's underflow (e^-87), where its log loses digits, then
+                # is -inf: those rows the long way
+                if bool((log_p < -60).any()):
                     log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)
             else:  # a fused kernel (compiled, a GPU): the log-softmax, and in training the softmax, one loop each
                 log_p = torch.log_softmax(s, 1, dtype=torch.float32).gather(1, yr)  # (m, 1)
-                p = torch.softmax(s, 1) if self.grad else None
+                if self.grad and self.cap:
+                    p = torch.softmax(s, 1)
             losses[r:r + len(z)] = -log_p[:, 0]
             if self.grad:
-                z.copy_(p if dcap is None else p * dcap)  # in the logits' dtype
-                d_y = log_p.exp() - 1 if dcap is None else (log_p.exp() - 1) * dcap.gather(1, yr)
+                if p is None:  # the fused softmax without the cap: straight into the logits' buffer
+                    torch.softmax(z, 1, out=z)
+                else:
+                    z.copy_(p if dcap is None else p * dcap)  # in the logits' dtype
+                d_y = log_p.exp() - 1
+                if dcap is not None:
+                    d_y = d_y * dcap.gather(1, yr)
                 # minus one_hot(y), that entry from float32: p - 1 in bfloat16 would lose p's last bits
                 z[self.index[:len(z)], yr[:, 0]] = d_y[:, 0].to(z.dtype)
         return losses
+
+
+def softmax_in_rows(device: torch.device) -> bool:
+    """Whether the head's softmax goes SOFTMAX_ROWS at a time, in cache: in eager mode on a CPU. Compiled
+    (inductor fuses a chunk's softmax into one loop) or on a GPU (where 32 rows would leave most of it
+    idle), a chunk goes whole."""
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:

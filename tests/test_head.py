@@ -42,14 +42,15 @@ def assert_rel_close(a, b, tol):
     assert (a - b).abs().max().item() <= tol * b.abs().max().item(), (a - b).abs().max().item()
 
 
-@pytest.mark.parametrize("rows", [7, 256, "fused"])  # a short last group in every chunk; whole chunks, in eager on
-# a CPU (one softmax, its log at the targets) and as compiled or on a GPU (log-softmax and softmax, fused)
+@pytest.mark.parametrize("rows", [7, 256, "fused"], ids=["short row groups", "whole chunks", "fused"])
 @pytest.mark.parametrize("cap", [0.0, 3.0])
 @pytest.mark.parametrize("n", [1, 100, 600])  # within one chunk, and over several with a short last one
 def test_equals_plain_cross_entropy_in_float32(monkeypatch, cap, n, rows):
+    """Both of the head's formulas: a CPU's one softmax of a few rows (in groups of 7, so that every chunk ends
+    in a short one, or whole chunks) and the fused log-softmax and softmax of a compiled step or a GPU."""
     monkeypatch.setattr(M, "HEAD_CHUNK", 256)
     if rows == "fused":
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # what HeadChunks asks to choose
+        monkeypatch.setattr(M, "softmax_in_rows", lambda device: False)
     else:
         monkeypatch.setattr(M, "SOFTMAX_ROWS", rows)
     h, weight, targets = data(n)
@@ -60,21 +61,46 @@ def test_equals_plain_cross_entropy_in_float32(monkeypatch, cap, n, rows):
     assert_rel_close(ours[2], ref[2], 1e-5)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["in rows", "fused"])
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+def test_bfloat16_logits_give_float32_losses_and_one_rounding_of_the_gradient(monkeypatch, cap, fused):
+    """With bfloat16 logits (autocast), each loss is the float32 cross-entropy of those very logits, and their
+    gradient is float32's softmax - one_hot, times the cap's derivative, rounded to bfloat16 once."""
+    monkeypatch.setattr(M, "HEAD_CHUNK", 64)
+    monkeypatch.setattr(M, "SOFTMAX_ROWS", 7)
+    if fused:
+        monkeypatch.setattr(M, "softmax_in_rows", lambda device: False)
+    h, weight, targets = data(150)
+    chunks = M.HeadChunks(h, weight, targets, cap, torch.bfloat16, grad=True)
+    for i, x, g, losses in chunks:
+        y = targets[i:i + len(x)]
+        z = torch.mm(x, chunks.w.t()).float()  # the chunk's bfloat16 logits
+        s = softcap(z, cap)
+        torch.testing.assert_close(losses, F.cross_entropy(s, y, reduction="none"), rtol=1e-5, atol=1e-5)
+        want = torch.softmax(s, 1) - F.one_hot(y, V)
+        if cap:
+            want = want * (1 - torch.tanh(z / cap) ** 2)
+        torch.testing.assert_close(g.float(), want.to(torch.bfloat16).float(), rtol=2 ** -7, atol=1e-9)
+
+
 @pytest.mark.parametrize("grad", [False, True])
-def test_a_target_too_unlikely_for_float32_probabilities(grad):
-    """A target whose probability underflows float32 (a loss near 100, past exp's range): its loss is the
-    log-softmax's, not the infinity that the log of a softmax of 0 would give; the other rows are unchanged."""
+@pytest.mark.parametrize("cap", [0.0, 30.0])
+def test_a_target_too_unlikely_for_float32_probabilities(grad, cap):
+    """A target whose float32 softmax probability underflows to 0 (a loss of several hundred) gets the log-softmax's
+    loss, not the infinity of log 0, and the gradients stay those of the plain head. Under the cap of 30 a
+    loss can't pass ~67, where the same fallback runs on the capped logits."""
     h, weight, targets = data(40)
-    h[5] = weight[targets[5] + 1] * 40  # target 5's logit ~100 below the top one
-    ref = F.cross_entropy(h @ weight.t(), targets, reduction="none")
-    assert ref[5] > 90
+    h[5] = (weight[(targets[5] + 1) % V] - weight[targets[5]]) * 40  # another token's logit far above the target's
+    ref = F.cross_entropy(softcap(h @ weight.t(), cap), targets, reduction="none")
+    assert ref[5] > (200 if not cap else 60)
     if grad:
-        ours = loss_and_grads(head_loss, h, weight, targets, 0.0)
-        want = loss_and_grads(plain_loss, h, weight, targets, 0.0)
+        ours = loss_and_grads(head_loss, h, weight, targets, cap)
+        want = loss_and_grads(plain_loss, h, weight, targets, cap)
         torch.testing.assert_close(ours[0], want[0], rtol=1e-5, atol=0)
         assert_rel_close(ours[1], want[1], 1e-5)
+        assert_rel_close(ours[2], want[2], 1e-5)
     else:
-        torch.testing.assert_close(head_losses(h, weight, targets), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head_losses(h, weight, targets, cap), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_backward_scales_by_the_incoming_gradient():
