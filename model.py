@@ -457,11 +457,11 @@ class HeadChunks:
                  grad: bool = False):
         self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), weight.to(dtype), targets, cap, grad
         self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
-        self.in_cache = softmax_in_rows(h.device)
-        self.rows = SOFTMAX_ROWS if self.in_cache else HEAD_CHUNK
+        self.in_rows = softmax_in_rows(h.device)
+        self.rows = SOFTMAX_ROWS if self.in_rows else HEAD_CHUNK
         self.index = torch.arange(self.rows, device=h.device)
         self.probs = None  # float32 logits (a float32 run, or soft-capped) take their softmax straight
-        if self.in_cache and dtype != torch.float32 and not cap:
+        if self.in_rows and dtype != torch.float32 and not cap:
             self.probs = torch.empty((self.rows, weight.size(0)), device=h.device)
 
     def __iter__(self):
@@ -485,7 +485,7 @@ class HeadChunks:
                 t = torch.tanh(z.float() / self.cap)
                 s, dcap = t * self.cap, 1 - t * t  # the capped logits, float32, and the cap's derivative
             # s stays as it is until the loss is known: the fallback below reads it again
-            if self.in_cache:  # one float32 softmax of the few rows, in cache, its log taken at the targets only
+            if self.in_rows:  # one float32 softmax of the few rows, in cache, its log taken at the targets only
                 if self.probs is None:
                     p = torch.softmax(s, 1)  # (m, vocab) float32
                 else:  # bfloat16 logits: copied into the float32 buffer, the softmax in place there
