@@ -87,8 +87,15 @@ def test_gpu_script_dry_run(tmp_path):
 HEAD = ["--positions", "300", "--n-embd", "16", "--vocab", "1000", "--repeats", "2", "--dtype", "float32"]
 
 
+@pytest.fixture
+def small_peak(monkeypatch):
+    """bench/head.py's matmul peak from one 256 x 256 matmul: the full measurement (up to 4096 x 4096) takes
+    ~4 s a call on a 2-core CPU, and these tests check the bench's mechanics, not the machine."""
+    monkeypatch.setattr(head, "matmul_peak", lambda device, dtype: train.matmul_peak(device, dtype, (256,), 1))
+
+
 @pytest.mark.parametrize("cap", ["0", "5"])
-def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys):
+def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys, small_peak):
     result = head.main(HEAD + ["--cap", cap])
     printed = capsys.readouterr().out
     assert set(result) == {"plain", "chunked (model.head_loss)", "loss", "matmul_s"}
@@ -99,7 +106,7 @@ def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys):
 
 
 @pytest.mark.slow
-def test_head_bench_compiled(capsys):
+def test_head_bench_compiled(capsys, small_peak):
     result = head.main(HEAD + ["--compile", "--cap", "5"])
     losses = result["loss"]
     assert set(losses) == {"plain", "chunked (model.head_loss)", "plain, compiled", "chunked, compiled"}
