@@ -104,7 +104,8 @@ def server(tmp_path):
             requested.append(self.path)
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # shutdown waits for serve_forever's next poll: every 0.05 s, not the default 0.5 s
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", root, requested
     httpd.shutdown()
