@@ -155,15 +155,17 @@ def deterministic():
 
 
 def test_golden_losses(corpus_shards, tmp_path, deterministic):
-    """The tiny preset's first 10 train losses on the committed corpus (CPU, float32) are those of
-    tests/golden/tiny_losses.txt within 1e-4; with UPDATE_GOLDEN=1 the test rewrites that file instead."""
-    train(corpus_shards, tmp_path)  # the preset as it is: its max_steps shapes the learning rate
+    """The tiny preset's train losses over 10 steps (warmup 5, then the cosine to min_lr) on the committed
+    corpus (CPU, float32) are those of tests/golden/tiny_losses.txt within 1e-4; with UPDATE_GOLDEN=1 the
+    test rewrites that file instead."""
+    train(corpus_shards, tmp_path, "--max-steps", str(GOLDEN_STEPS), "--val-every", "0", "--checkpoint-every", "0")
     losses = metric(read_log(tmp_path), "train_loss")
     got = [losses[step] for step in range(GOLDEN_STEPS)]
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(
-            "# step train_loss: train_gpt.py --preset tiny --device cpu --dtype float32 on fineweb.py's shards of "
+            f"# step train_loss: train_gpt.py --preset tiny --max-steps {GOLDEN_STEPS} --device cpu --dtype float32 "
+            "on fineweb.py's shards of "
             "tests/data/corpus.jsonl (--shard-size 16384), torch.use_deterministic_algorithms(True); "
             "made by UPDATE_GOLDEN=1 python -m pytest tests/test_train.py -k golden\n"
             + "".join(f"{step} {loss!r}\n" for step, loss in enumerate(got)))
