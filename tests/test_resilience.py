@@ -314,6 +314,7 @@ def test_disk_full_while_writing_a_checkpoint(corpus_shards, run_dir, tmp_path):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow  # two training runs, a few seconds
 def test_nonfinite_loss_stops_or_skips(corpus_shards, tmp_path, monkeypatch):
     """A NaN loss stops the run naming its step, with no checkpoint after it; --skip-nonfinite skips that
     update, logs it, and the run goes on with finite weights."""

@@ -50,6 +50,7 @@ def test_init_from_starts_at_the_pretrained_weights(corpus_shards, hf_dir, tmp_p
     assert model_from_checkpoint(ckpt).config.n_embd == 32
 
 
+@pytest.mark.slow  # two training runs, a few seconds
 def test_init_from_resumes(corpus_shards, hf_dir, tmp_path):
     """A fine-tuning run stopped at a checkpoint and resumed continues from the checkpoint, not from the
     pretrained weights: it is the uninterrupted run, bit for bit."""

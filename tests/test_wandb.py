@@ -60,6 +60,7 @@ def runs(out) -> dict:
     return found
 
 
+@pytest.mark.slow  # two training runs, a few seconds
 def test_metrics_go_to_wandb_and_a_resumed_run_continues_it(corpus_shards, tmp_path, offline):
     out = tmp_path / "run"
     train(corpus_shards, out, "--max-steps", "6", "--checkpoint-every", "3", "--wandb", "tests",
