@@ -51,3 +51,13 @@ def test_model_is_pure():
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert top <= {"math", "dataclasses", "torch"}, top
+
+
+def test_front_page_and_training_script_stay_short():
+    """README.md at most 15,000 bytes (the front page; details go to docs/), train_gpt.py at most 650 lines and
+    its main() at most 100, so that the loop can be read as a whole: the limits of the redesign."""
+    assert len((REPO / "README.md").read_bytes()) <= 15_000
+    source = (REPO / "train_gpt.py").read_text()
+    assert len(source.splitlines()) <= 650
+    [main] = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == "main"]
+    assert main.end_lineno - main.lineno + 1 <= 100
