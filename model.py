@@ -455,7 +455,7 @@ class HeadChunks:
 
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
                  grad: bool = False):
-        self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), weight.to(dtype), targets, cap, grad
+        self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), head_weight(weight, dtype), targets, cap, grad
         self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
         self.in_rows = softmax_in_rows(h.device)
         self.rows = SOFTMAX_ROWS if self.in_rows else HEAD_CHUNK
@@ -512,6 +512,17 @@ class HeadChunks:
                 # minus one_hot(y), that entry from float32: p - 1 in bfloat16 would lose p's last bits
                 z[self.index[:len(z)], yr[:, 0]] = d_y[:, 0].to(z.dtype)
         return losses
+
+
+def head_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The head's weight (vocab, C) cast to dtype. In bfloat16 on a CPU, laid out as its transpose (C, vocab)
+    in memory: the matmul library takes the logits' product x W^T twice as fast from that layout (5 against
+    10 ms for 512 positions of the `seed` head on a CPU with AMX), and W's product with the identity
+    writes it, exactly, 7x faster than a transposing copy."""
+    w = weight.to(dtype)
+    if w.device.type != "cpu" or dtype == torch.float32:
+        return w
+    return torch.mm(torch.eye(w.size(1), dtype=dtype, device=w.device), w.t()).t()
 
 
 def softmax_in_rows(device: torch.device) -> bool:

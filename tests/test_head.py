@@ -61,6 +61,17 @@ def test_equals_plain_cross_entropy_in_float32(monkeypatch, cap, n, rows):
     assert_rel_close(ours[2], ref[2], 1e-5)
 
 
+def test_bfloat16_head_weight_is_the_cast_weight_laid_out_transposed():
+    """On a CPU the head's bfloat16 weight is stored transposed, written by a matmul with the identity: exactly
+    the values of the cast, the largest and smallest too. Float32 keeps the weight's own layout."""
+    _, weight, _ = data(1)
+    weight[0, :4] = torch.tensor([-0.0, 3e38, -1e-30, 1 + 2 ** -7])
+    got = M.head_weight(weight, torch.bfloat16)
+    assert got.shape == weight.shape and got.t().is_contiguous()
+    assert torch.equal(got, weight.to(torch.bfloat16))
+    assert M.head_weight(weight, torch.float32).is_contiguous()
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["in rows", "fused"])
 @pytest.mark.parametrize("cap", [0.0, 3.0])
 def test_bfloat16_logits_give_float32_losses_and_one_rounding_of_the_gradient(monkeypatch, cap, fused):
