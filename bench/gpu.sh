@@ -39,10 +39,11 @@ done
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$repo"
+python=python; command -v python > /dev/null || python=python3  # some systems name it python3 only
 
 if [ "$dry" = 1 ]; then  # toy sizes, on whatever device there is
     device=auto
-    [ -n "$data" ] || { data="$out/shards"; python fineweb.py --input tests/data/corpus.jsonl --out-dir "$data" --shard-size 20000 > "$out/fineweb.txt"; }
+    [ -n "$data" ] || { data="$out/shards"; "$python" fineweb.py --input tests/data/corpus.jsonl --out-dir "$data" --shard-size 20000 > "$out/fineweb.txt"; }
     [ -n "$hellaswag" ] || hellaswag=tests/data/hellaswag.jsonl
     step=(--preset tiny --batch-size 2 --seq-len 64 --accum 1 --steps 2)
     seed=(--preset tiny --batch-size 2 --seq-len 64 --total-batch-size 256 --max-steps 6 --val-every 3 --val-steps 2
@@ -58,20 +59,20 @@ fi
 t0=$SECONDS
 
 echo "== 1/4 training step, --compile, bfloat16"
-python bench/train.py "${step[@]}" --device "$device" --dtype bfloat16 --configs plain-best,compiled --json "$out/step.json"
+"$python" bench/train.py "${step[@]}" --device "$device" --dtype bfloat16 --configs plain-best,compiled --json "$out/step.json"
 
 echo "== 2/4 seed preset, --compile, val loss, HellaSwag and samples in the loop"
 rm -rf "$out/seed"
-python train_gpt.py "${seed[@]}" --data-dir "$data" --hellaswag-data "$hellaswag" --out-dir "$out/seed" \
+"$python" train_gpt.py "${seed[@]}" --data-dir "$data" --hellaswag-data "$hellaswag" --out-dir "$out/seed" \
     --device "$device" --dtype bfloat16 --compile
 
 echo "== 3/4 bfloat16 against float32, tiny"
-python bench/bf16_curve.py --data-dir "$data" --steps "$curve_steps" --device "$device" --json "$out/bf16.json"
+"$python" bench/bf16_curve.py --data-dir "$data" --steps "$curve_steps" --device "$device" --json "$out/bf16.json"
 
 echo "== 4/4 HellaSwag with the seed checkpoint"
-python hellaswag.py --checkpoint "$out/seed" --data "$hellaswag" "${full[@]}" --device "$device" | tee "$out/hellaswag.txt"
+"$python" hellaswag.py --checkpoint "$out/seed" --data "$hellaswag" "${full[@]}" --device "$device" | tee "$out/hellaswag.txt"
 
-python - "$out" $((SECONDS - t0)) <<'EOF'
+"$python" - "$out" $((SECONDS - t0)) <<'EOF'
 import json, os, sys
 out, wall = sys.argv[1], int(sys.argv[2])
 steps = {r["config"]: r for r in json.load(open(os.path.join(out, "step.json")))}
