@@ -17,7 +17,7 @@ import sys
 import torch
 
 from checkpoint import model_from_checkpoint, open_checkpoint
-from device import DTYPES, autocast, autocast_dtype, pick_device
+from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes
 from errors import one_line
 from model import GPT, GPT2_NAMES
 from tokenizer import get_encoding
@@ -76,7 +76,7 @@ def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: 
     tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
     idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, len(prompt))
     generator = torch.Generator(device=device).manual_seed(seed)
-    with autocast(device.split(":")[0], dtype):
+    with autocast(device.split(":")[0], dtype), varying_shapes(device.split(":")[0]):
         out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              n_vocab=enc.n_vocab, generator=generator)
     model.train(was_training)
@@ -96,7 +96,7 @@ def stream_sample(model: GPT, enc, prompt: str, max_new_tokens: int, top_k: int 
     text = [prompt]
     out.write(prompt)
     out.flush()
-    with autocast(device.split(":")[0], dtype):
+    with autocast(device.split(":")[0], dtype), varying_shapes(device.split(":")[0]):
         for token in model.stream(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                                   n_vocab=enc.n_vocab, generator=generator):
             piece = utf8.decode(enc.decode_single_token_bytes(token.item()))

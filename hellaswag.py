@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from atomic_write import atomic_write
 from checkpoint import model_from_checkpoint, open_checkpoint
-from device import DTYPES, autocast, autocast_dtype, keep_freed_memory, pick_device
+from device import DTYPES, autocast, autocast_dtype, keep_freed_memory, pick_device, varying_shapes
 from errors import one_line
 from model import GPT, GPT2_NAMES, head_losses
 from tokenizer import N_VOCAB, get_encoding
@@ -266,7 +266,7 @@ def score_examples(model: GPT, examples: list[dict], enc, device: str = "cpu", d
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = collate_packed([rendered[i] for i in idx])  # tokens, pos, seg, mask
-                with autocast(device_type, dtype):
+                with autocast(device_type, dtype), varying_shapes(device_type):
                     s, m = packed_losses(model, *(t.to(device) for t in batch))  # (b, 4)
                 sums[idx] = s.float().cpu()
                 means[idx] = m.float().cpu()

@@ -14,6 +14,7 @@ import transformers  # requirements-dev.txt: the Hugging Face model to fine-tune
 import train_gpt
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import HELLASWAG, REPO, TINY, assert_same_run, read_log, train
+from device import varying_shapes
 from model import GPT
 from run_log import format_duration
 
@@ -150,3 +151,17 @@ def test_keep_freed_memory_reuses_pages():
             break
         with_ = min(with_, faults(True))
     assert with_ < without / 4, (with_, without)
+
+
+def test_varying_shapes_leaves_out_cudnn_attention_on_cuda_only():
+    """HellaSwag and sampling attend over a new shape every call: on CUDA cuDNN's attention, which builds a
+    plan per shape, is left out for them and the other backends stay; on a CPU nothing changes."""
+    enabled = {"cudnn": torch.backends.cuda.cudnn_sdp_enabled, "flash": torch.backends.cuda.flash_sdp_enabled,
+               "efficient": torch.backends.cuda.mem_efficient_sdp_enabled, "math": torch.backends.cuda.math_sdp_enabled}
+    before = {name: on() for name, on in enabled.items()}
+    assert before["cudnn"]  # PyTorch's default, which the test needs to see changed
+    with varying_shapes("cuda"):
+        assert {name: on() for name, on in enabled.items()} == {**before, "cudnn": False}
+    with varying_shapes("cpu"):
+        assert {name: on() for name, on in enabled.items()} == before
+    assert {name: on() for name, on in enabled.items()} == before  # restored on the way out
