@@ -88,8 +88,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class Linear(nn.Linear):
     """nn.Linear, computed as W x^T when x has a few rows on a CPU in float32 (a sampling step: B rows, one
-    token each), where that order runs ~1.5x faster than x W^T; the same product either way. In any other
-    matmul dtype it is plain nn.Linear (under bfloat16 autocast, x W^T is the faster order)."""
+    token each), where that order runs ~1.5x faster than x W^T on an AMD EPYC (on an Intel Xeon with AMX
+    it is 2.5-4x slower: docs/speed.md); the same product either way. In any other matmul dtype it is
+    plain nn.Linear (under bfloat16 autocast, x W^T is the faster order)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.numel() > 16 * self.in_features or x.device.type != "cpu" or self.bias is None
@@ -409,7 +410,9 @@ class GPT(nn.Module):
             if cache is None:
                 x = idx[:, -block_size:]  # crop to the context the model can read
             h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
-            logits = head_logits(h, self.lm_head.weight, self.config.logit_softcap) / temperature  # (B, vocab_size)
+            logits = head_logits(h, self.lm_head.weight, self.config.logit_softcap)  # (B, vocab_size)
+            if temperature != 1.0:  # the division alone is 4% of a bfloat16 step on a CPU
+                logits = logits / temperature
             idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next
@@ -435,11 +438,17 @@ SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
 def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
     """Float32 logits (N, vocab) of a few hidden states h (N, C) under the head's weight (vocab, C), soft-capped.
-    For a few rows (sampling) in float32, W h^T runs ~3x faster on a CPU than the same product as h W^T; in
-    bfloat16 (autocast) h W^T is the faster one, by ~1.5x."""
-    if matmul_dtype(h) != torch.float32:
-        return softcap(F.linear(h, weight).float(), cap)
-    return softcap(torch.mm(weight, h.t()).t().float(), cap)
+    For a few rows (sampling) on a CPU, W h^T runs faster than the same product as h W^T in float32 (~3x on
+    AMD EPYCs; about even on an Intel Xeon) and in bfloat16 with AMX (~1.8x: 0.63 against 1.14 ms for 4 rows
+    of the `seed` head); in bfloat16 without AMX (autocast) h W^T is the faster one, by ~1.5x."""
+    if matmul_dtype(h) == torch.float32 or has_amx(h.device):
+        return softcap(torch.mm(weight, h.t()).t().float(), cap)
+    return softcap(F.linear(h, weight).float(), cap)
+
+
+def has_amx(device: torch.device) -> bool:
+    """Whether device is a CPU with AMX, the matrix tiles of Intel Xeons since Sapphire Rapids."""
+    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
 
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:

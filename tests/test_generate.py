@@ -13,7 +13,7 @@ import torch
 import generate
 from conftest import MODERN, TINY, random_model
 from generate import sample_text
-from model import GPT, GPTConfig, KVCache, sample_next
+from model import GPT, GPTConfig, KVCache, head_logits, sample_next
 from tokenizer import get_encoding
 
 
@@ -78,6 +78,23 @@ def test_stream_yields_each_token():
     assert len(tokens) == 6 and all(t.shape == (2, 1) for t in tokens)
     out = model.generate(idx, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, 3:], torch.cat(tokens, dim=1))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_divides_the_logits(temperature):
+    """A step draws from the head's logits divided by the temperature (at 1.0 the division is skipped):
+    64 rows, each the very token sample_next draws from those logits with the same seed."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=512, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 512, (64, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(5)  # a spread of likely tokens, so that the temperature moves the draws
+        logits = head_logits(model.hidden_states(idx)[:, -1], model.lm_head.weight) / temperature
+    want = sample_next(logits, generator=torch.Generator().manual_seed(1))
+    got = model.generate(idx, 1, temperature=temperature, generator=torch.Generator().manual_seed(1))[:, -1:]
+    assert torch.equal(got, want)
+    hotter = sample_next(logits * temperature / 4.0, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(got, hotter)  # the draws do depend on the temperature
 
 
 def test_top_p_keeps_the_nucleus():

@@ -136,9 +136,12 @@ def test_head_logits_are_the_plain_logits():
     torch.testing.assert_close(head_logits(h, weight, 3.0), softcap(h @ weight.t(), 3.0), rtol=1e-5, atol=1e-5)
 
 
-def test_head_logits_under_bfloat16_autocast_are_its_logits(monkeypatch):
-    """Under autocast (sampling in bfloat16) the head runs in bfloat16 as h W^T, not as float32's W h^T: the
-    plain head's logits under the same autocast, returned in float32, within bfloat16's rounding of float32's."""
+@pytest.mark.parametrize("amx", [False, True], ids=["avx512-bf16", "amx"])
+def test_head_logits_under_bfloat16_autocast_are_its_logits(amx, monkeypatch):
+    """Under autocast (sampling in bfloat16) the head runs in bfloat16: as h W^T, not as float32's W h^T,
+    except on a CPU with AMX, where W h^T is the faster order there too. Either way the plain product in
+    that order under the same autocast, returned in float32, within bfloat16's rounding of float32's."""
+    monkeypatch.setattr(M, "has_amx", lambda device: amx)
     h, weight, _ = data(4)
     calls = []
     mm = torch.mm
@@ -146,9 +149,10 @@ def test_head_logits_under_bfloat16_autocast_are_its_logits(monkeypatch):
     head_logits(h, weight)
     assert len(calls) == 1  # float32: W h^T
     with torch.autocast("cpu", torch.bfloat16):
-        got, want = head_logits(h, weight, 3.0), softcap(F.linear(h, weight).float(), 3.0)
-    assert len(calls) == 1  # bfloat16: no W h^T
-    assert got.dtype == torch.float32 and torch.equal(got, want)
+        got = head_logits(h, weight, 3.0)
+        want = mm(weight, h.t()).t() if amx else F.linear(h, weight)
+    assert len(calls) == (2 if amx else 1)  # W h^T in bfloat16 only with AMX
+    assert got.dtype == torch.float32 and torch.equal(got, softcap(want.float(), 3.0))
     torch.testing.assert_close(got, softcap(h @ weight.t(), 3.0), rtol=0.02, atol=0.05)
 
 
