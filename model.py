@@ -448,7 +448,7 @@ def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torc
 
 def has_amx(device: torch.device) -> bool:
     """Whether device is a CPU with AMX, the matrix tiles of Intel Xeons since Sapphire Rapids."""
-    return device.type == "cpu" and torch.cpu._is_amx_tile_supported()
+    return device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:

@@ -32,7 +32,7 @@ from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
-from device import DTYPES, autocast, autocast_dtype, pick_device  # noqa: E402
+from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes  # noqa: E402
 
 
 def timed(fn, device: str):
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
 
     def gen(m, dtype, new=args.max_new_tokens, **kw):
         def run():
-            with autocast(device.split(":")[0], dtype):
+            with autocast(device.split(":")[0], dtype), varying_shapes(device.split(":")[0]):  # as generate.py
                 return m.generate(idx, new, top_k=50, generator=torch.Generator(device=device).manual_seed(42), **kw)
         return run
 

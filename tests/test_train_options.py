@@ -1,22 +1,29 @@
 """python -m pytest tests/test_train_options.py -v
 
---init-from (fine-tuning a Hugging Face GPT-2), --compile, the ETA and the memory setting of CPU runs.
+--init-from (fine-tuning a Hugging Face GPT-2), --compile, the ETA, the memory setting of CPU runs and the
+attention setting of HellaSwag and sampling.
 """
 
+import io
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
 import transformers  # requirements-dev.txt: the Hugging Face model to fine-tune
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import generate
+import hellaswag
 import train_gpt
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import HELLASWAG, REPO, TINY, assert_same_run, read_log, train
 from device import varying_shapes
 from model import GPT
 from run_log import format_duration
+from tokenizer import get_encoding
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +162,42 @@ def test_keep_freed_memory_reuses_pages():
 
 def test_varying_shapes_leaves_out_cudnn_attention_on_cuda_only():
     """HellaSwag and sampling attend over a new shape every call: on CUDA cuDNN's attention, which builds a
-    plan per shape, is left out for them and the other backends stay; on a CPU nothing changes."""
+    plan per shape, is turned off for them and every other backend stays as the caller set it (also inside
+    a caller's own choice of backends); on a CPU nothing changes; on the way out, all is as before."""
     enabled = {"cudnn": torch.backends.cuda.cudnn_sdp_enabled, "flash": torch.backends.cuda.flash_sdp_enabled,
                "efficient": torch.backends.cuda.mem_efficient_sdp_enabled, "math": torch.backends.cuda.math_sdp_enabled}
-    before = {name: on() for name, on in enabled.items()}
+
+    def state():
+        return {name: on() for name, on in enabled.items()}
+    before = state()
     assert before["cudnn"]  # PyTorch's default, which the test needs to see changed
     with varying_shapes("cuda"):
-        assert {name: on() for name, on in enabled.items()} == {**before, "cudnn": False}
+        assert state() == {**before, "cudnn": False}
     with varying_shapes("cpu"):
-        assert {name: on() for name, on in enabled.items()} == before
-    assert {name: on() for name, on in enabled.items()} == before  # restored on the way out
+        assert state() == before
+    assert state() == before
+    with sdpa_kernel([SDPBackend.MATH, SDPBackend.CUDNN_ATTENTION]):  # a caller's choice: flash and efficient off
+        chosen = state()
+        with varying_shapes("cuda"):
+            assert state() == {**chosen, "cudnn": False} and not state()["flash"]
+        assert state() == chosen
+    assert state() == before
+
+
+def test_hellaswag_and_sampling_enter_varying_shapes(monkeypatch):
+    """score_examples and both samplers run their attention inside varying_shapes, given their device type."""
+    entered = []
+
+    @contextmanager
+    def recording(device_type):
+        entered.append(device_type)
+        yield
+    monkeypatch.setattr(hellaswag, "varying_shapes", recording)
+    monkeypatch.setattr(generate, "varying_shapes", recording)
+    model, enc = GPT(TINY).eval(), get_encoding()
+    hellaswag.score_examples(model, hellaswag.load_examples(HELLASWAG, limit=2), enc, "cpu", batch_size=2)
+    assert entered == ["cpu"]  # one batch
+    generate.sample_text(model, enc, "Hello", 2, 3, top_k=5, seed=0, device="cpu")
+    generate.stream_sample(model, enc, "Hello", 3, top_k=5, top_p=None, seed=0, device="cpu",
+                           dtype=torch.float32, out=io.StringIO())
+    assert entered == ["cpu"] * 3
