@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of this repository in one script: about 8 minutes on one GPU, then one table.
+# Every GPU check of this repository in one script, then one table: at most 8 minutes on one GPU (2-3.5 on an H200).
 #
 #   bash bench/gpu.sh --data shards/ --hellaswag hellaswag_val.jsonl   # on a GPU, no network needed
 #   bash bench/gpu.sh --dry-run                                        # anywhere: the same steps at toy sizes
