@@ -428,11 +428,12 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 #
 # The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
 # per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
-# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here HEAD_CHUNK
-# positions at a time go through the matmul, then (on a CPU) SOFTMAX_ROWS of them at a time through the
-# float32 softmax, the loss and, in training, the gradient, a few MB that stay in the cache. Only the loss
-# and the gradients of h and of the head's weight are kept.
-HEAD_CHUNK = 512  # positions per matmul: 51 MB of bfloat16 logits at vocab 50,304 (103 MB in float32)
+# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here a chunk of
+# positions at a time goes through the matmul (HEAD_CHUNK in float32, twice as many in bfloat16: the same
+# bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in
+# training, the gradient, a few MB that stay in the cache. Only the loss and the gradients of h and of the
+# head's weight are kept.
+HEAD_CHUNK = 512  # positions per matmul in float32: 103 MB of logits at vocab 50,304
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
 
@@ -465,9 +466,12 @@ class HeadChunks:
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
                  grad: bool = False):
         self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), head_weight(weight, dtype), targets, cap, grad
-        self.logits = torch.empty((min(HEAD_CHUNK, len(h)), weight.size(0)), dtype=dtype, device=h.device)
+        # fewer, larger chunks run faster (in bfloat16 on a CPU with AMX, the training step ~9% at 1,024
+        # positions against 512), but each holds its logits: a chunk is as many bytes in either dtype
+        self.size = HEAD_CHUNK * 4 // dtype.itemsize
+        self.logits = torch.empty((min(self.size, len(h)), weight.size(0)), dtype=dtype, device=h.device)
         self.in_rows = softmax_in_rows(h.device)
-        self.rows = SOFTMAX_ROWS if self.in_rows else HEAD_CHUNK
+        self.rows = SOFTMAX_ROWS if self.in_rows else self.size
         self.index = torch.arange(self.rows, device=h.device)
         self.probs = None  # float32 logits (a float32 run, or soft-capped) take their softmax straight
         if self.in_rows and dtype != torch.float32 and not cap:
@@ -477,8 +481,8 @@ class HeadChunks:
         """Yields (start, x, logits, losses): a chunk's inputs (n, C), its logits (n, vocab) in the buffer, and
         the cross-entropy of each of its targets (n,) float32. With grad, the buffer holds instead the gradient
         of the summed loss with respect to the logits."""
-        for i in range(0, len(self.x), HEAD_CHUNK):
-            x, y = self.x[i:i + HEAD_CHUNK], self.targets[i:i + HEAD_CHUNK]
+        for i in range(0, len(self.x), self.size):
+            x, y = self.x[i:i + self.size], self.targets[i:i + self.size]
             logits = self.logits[:len(x)]
             torch.mm(x, self.w.t(), out=logits)  # (n, vocab)
             yield i, x, logits, self.cross_entropy(logits, y)
@@ -544,9 +548,10 @@ def softmax_in_rows(device: torch.device) -> bool:
 def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
     """Cross-entropy of each target (N,) under the logits of h (N, C): (N,) float32, without gradients.
 
-    The positions are padded to whole chunks, so that every chunk's matmul has the same shape. A CPU's
-    matmul library keeps a plan, with a copy of the weight laid out for it, for every shape it meets:
-    HellaSwag's batches, each with its own number of positions, grew a process by ~150 MB a batch.
+    The positions are padded to a multiple of HEAD_CHUNK, so that the chunks' matmuls have one shape or
+    two (a bfloat16 chunk is two of those). A CPU's matmul library keeps a plan, with a copy of the weight
+    laid out for it, for every shape it meets: HellaSwag's batches, each with its own number of positions,
+    grew a process by ~150 MB a batch.
     """
     n, pad = len(h), -len(h) % HEAD_CHUNK
     with torch.no_grad():
@@ -576,11 +581,13 @@ class HeadLoss(torch.autograd.Function):
         chunks = HeadChunks(h, weight, targets, cap, dtype, grad=True)
         loss = torch.zeros((), device=h.device)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over the chunks in float32
+        grad_w = None  # summed over the chunks in float32, the first chunk's product its start
         for i, x, g, losses in chunks:  # g: d (summed loss) / d logits
             loss += losses.sum()
             grad_h[i:i + len(x)] = torch.mm(g, chunks.w)
-            if dtype == grad_w.dtype:
+            if grad_w is None:
+                grad_w = torch.mm(g.t(), x).float()
+            elif dtype == torch.float32:
                 grad_w.addmm_(g.t(), x)
             else:  # a bfloat16 product, summed in float32
                 grad_w += torch.mm(g.t(), x)

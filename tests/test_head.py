@@ -193,7 +193,8 @@ def test_nothing_of_vocab_size_per_position_is_saved_for_backward():
 
 
 @pytest.mark.parametrize("cap", [0.0, 3.0])
-def test_autocast_bfloat16_close_to_the_plain_head(cap):
+def test_autocast_bfloat16_close_to_the_plain_head(monkeypatch, cap):
+    monkeypatch.setattr(M, "HEAD_CHUNK", 256)  # bfloat16 chunks of 512: two
     h, weight, targets = data(600)
     with torch.autocast("cpu", torch.bfloat16):
         ours = loss_and_grads(head_loss, h, weight, targets, cap)
@@ -202,6 +203,19 @@ def test_autocast_bfloat16_close_to_the_plain_head(cap):
     assert abs(ours[0].item() - ref[0].item()) <= 1e-2 * ref[0].item()
     assert_rel_close(ours[1], ref[1], 2e-2)
     assert_rel_close(ours[2], ref[2], 2e-2)
+
+
+def test_bfloat16_weight_gradient_is_the_float32_sum_of_each_chunks_product(monkeypatch):
+    """A bfloat16 chunk holds twice float32's positions (as many bytes of logits), and the weight's gradient
+    sums the chunks' bfloat16 products in float32, each rounded once: no bfloat16 running sum."""
+    monkeypatch.setattr(M, "HEAD_CHUNK", 64)
+    h, weight, targets = data(300)
+    chunks = M.HeadChunks(h, weight, targets, 0.0, torch.bfloat16, grad=True)
+    products = [torch.mm(g.t(), x) for _, x, g, _ in chunks]  # (vocab, C) bfloat16 each
+    assert [len(x) for _, x, _, _ in chunks] == [128, 128, 44]
+    with torch.autocast("cpu", torch.bfloat16):
+        grad_w = loss_and_grads(head_loss, h, weight, targets, 0.0)[2]
+    torch.testing.assert_close(grad_w, sum(p.float() for p in products) / 300, rtol=1e-6, atol=0)
 
 
 @pytest.mark.slow
