@@ -214,11 +214,13 @@ def test_model_attention_in_bfloat16_on_a_cpu(monkeypatch):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpt.parameters())
 
 
+@pytest.mark.parametrize("amx", [False, True], ids=["no AMX", "AMX"])
 @pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (2, 8, 48), (16, 48), (3, 17, 48)],
                          ids=["1 row", "4 rows", "16 rows", "16 rows, 2-d", "51 rows"])
-def test_linear_equals_nn_linear(shape):
-    """Linear (W x^T for a few rows, x W^T for more) gives nn.Linear's output, values and layout, and its
-    gradients."""
+def test_linear_equals_nn_linear(shape, amx, monkeypatch):
+    """Linear (W x^T for a few rows without AMX, x W^T for more or with it) gives nn.Linear's output, values
+    and layout, and its gradients."""
+    monkeypatch.setattr(model, "has_amx", lambda device: amx)
     torch.manual_seed(0)
     ours = Linear(48, 80)
     ref = torch.nn.Linear(48, 80)
@@ -236,7 +238,9 @@ def test_linear_equals_nn_linear(shape):
 @pytest.mark.parametrize("shape", [(1, 1, 48), (4, 1, 48), (3, 17, 48)], ids=["1 row", "4 rows", "51 rows"])
 def test_linear_under_bfloat16_autocast_is_nn_linear(shape, monkeypatch):
     """Under autocast Linear takes nn.Linear's own order, x W^T, for every shape (W x^T is the slower one in
-    bfloat16): the same bfloat16 output, bit for bit, and never the W x^T product of float32's few rows."""
+    bfloat16): the same bfloat16 output, bit for bit, and never the W x^T product of float32's few rows;
+    nor in float32 with AMX."""
+    monkeypatch.setattr(model, "has_amx", lambda device: False)
     torch.manual_seed(0)
     ours = Linear(48, 80)
     ref = torch.nn.Linear(48, 80)
@@ -251,5 +255,9 @@ def test_linear_under_bfloat16_autocast_is_nn_linear(shape, monkeypatch):
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         got, want = ours(x), ref(x)
     assert len(calls) == 1  # bfloat16: no W x^T
+    monkeypatch.setattr(model, "has_amx", lambda device: True)
+    with torch.no_grad():
+        ours(x[:1, :1])
+    assert len(calls) == 1  # float32 with AMX: no W x^T
     assert got.dtype == want.dtype == torch.bfloat16 and got.shape == want.shape and got.is_contiguous()
     assert torch.equal(got, want)
