@@ -556,7 +556,8 @@ def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ca
     n, pad = len(h), -len(h) % HEAD_CHUNK
     with torch.no_grad():
         chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, matmul_dtype(weight))
-        return torch.cat([losses for _, _, _, losses in chunks])[:n]
+        losses = [losses for _, _, _, losses in chunks]
+        return torch.cat(losses)[:n] if losses else torch.zeros(0, device=h.device)
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -591,6 +592,8 @@ class HeadLoss(torch.autograd.Function):
                 grad_w.addmm_(g.t(), x)
             else:  # a bfloat16 product, summed in float32
                 grad_w += torch.mm(g.t(), x)
+        if grad_w is None:  # no positions: a nan loss, as F.cross_entropy gives
+            grad_w = torch.zeros_like(weight, dtype=torch.float32)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.n, ctx.weight_dtype = len(h), weight.dtype
         return loss / len(h)
@@ -598,7 +601,7 @@ class HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_h, grad_w = ctx.saved_tensors
-        scale = grad_loss / ctx.n
+        scale = grad_loss / max(ctx.n, 1)  # no positions: zero gradients, as the plain head gives
         return grad_h * scale, (grad_w * scale).to(ctx.weight_dtype), None, None, None
 
 

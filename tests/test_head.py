@@ -114,6 +114,17 @@ def test_a_target_too_unlikely_for_float32_probabilities(grad, cap):
         torch.testing.assert_close(head_losses(h, weight, targets, cap), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_no_positions_give_the_plain_heads_nan_and_zero_gradients():
+    h, weight, targets = data(0)
+    ours = loss_and_grads(head_loss, h, weight, targets, 0.0)
+    ref = loss_and_grads(plain_loss, h, weight, targets, 0.0)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    assert head_losses(h, weight, targets).shape == (0,)
+    with torch.no_grad():
+        assert head_loss(h, weight, targets).isnan()
+
+
 def test_backward_scales_by_the_incoming_gradient():
     """loss * 3 has three times the gradients: backward uses the gradient it is given, not 1."""
     h, weight, targets = data(300)
