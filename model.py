@@ -433,7 +433,7 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in
 # training, the gradient, a few MB that stay in the cache. Only the loss and the gradients of h and of the
 # head's weight are kept.
-HEAD_CHUNK = 512  # positions per matmul in float32: 103 MB of logits at vocab 50,304
+HEAD_CHUNK = 512  # positions per matmul in float32 (103 MB of logits at vocab 50,304); head_losses pads to it
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
 
@@ -466,8 +466,8 @@ class HeadChunks:
     def __init__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float, dtype: torch.dtype,
                  grad: bool = False):
         self.x, self.w, self.targets, self.cap, self.grad = h.to(dtype), head_weight(weight, dtype), targets, cap, grad
-        # fewer, larger chunks run faster (in bfloat16 on a CPU with AMX, the training step ~9% at 1,024
-        # positions against 512), but each holds its logits: a chunk is as many bytes in either dtype
+        # fewer, larger chunks run faster (in bfloat16 on a CPU with AMX, the eager training step 10-13% at
+        # 1,024 positions against 512), but each holds its logits: a chunk is as many bytes in any dtype
         self.size = HEAD_CHUNK * 4 // dtype.itemsize
         self.logits = torch.empty((min(self.size, len(h)), weight.size(0)), dtype=dtype, device=h.device)
         self.in_rows = softmax_in_rows(h.device)
@@ -590,7 +590,7 @@ class HeadLoss(torch.autograd.Function):
                 grad_w = torch.mm(g.t(), x).float()
             elif dtype == torch.float32:
                 grad_w.addmm_(g.t(), x)
-            else:  # a bfloat16 product, summed in float32
+            else:  # a product in the matmul's dtype (bfloat16 under autocast), summed in float32
                 grad_w += torch.mm(g.t(), x)
         if grad_w is None:  # no positions: a nan loss, as F.cross_entropy gives
             grad_w = torch.zeros_like(weight, dtype=torch.float32)
