@@ -556,8 +556,8 @@ def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ca
     n, pad = len(h), -len(h) % HEAD_CHUNK
     with torch.no_grad():
         chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, matmul_dtype(weight))
-        losses = [losses for _, _, _, losses in chunks]
-        return torch.cat(losses)[:n] if losses else torch.zeros(0, device=h.device)
+        per_chunk = [losses for _, _, _, losses in chunks]
+        return torch.cat(per_chunk)[:n] if per_chunk else torch.zeros(0, device=h.device)
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
