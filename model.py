@@ -87,17 +87,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Linear(nn.Linear):
-    """nn.Linear, computed as W x^T when x has a few rows on a CPU without AMX in float32 (a sampling step:
-    B rows, one token each), where that order runs ~1.5x faster than x W^T on an AMD EPYC; on an Intel Xeon
-    with AMX it is 2.5-4x slower (docs/speed.md). The same product either way. In any other matmul dtype
-    it is plain nn.Linear (under bfloat16 autocast, x W^T is the faster order)."""
+    """nn.Linear, except for a few rows on a CPU (a sampling step: B rows, one token each), where a matmul
+    costs more to call than to compute. There it runs in float32 even under bfloat16 autocast (on an Intel
+    Xeon with AMX a bfloat16 matmul of 4 rows costs 30-40 us whatever its size, float32's 10-20 us), and as
+    W x^T where the CPU has no AMX (~1.5x faster than x W^T on an AMD EPYC; 2.5-4x slower with AMX).
+    See docs/speed.md."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.numel() > 16 * self.in_features or x.device.type != "cpu" or self.bias is None
-                or matmul_dtype(x) != torch.float32 or has_amx(x.device)):
+        if x.numel() > 16 * self.in_features or x.device.type != "cpu" or self.weight.dtype != torch.float32:
             return F.linear(x, self.weight, self.bias)
-        y = torch.addmm(self.bias.unsqueeze(1), self.weight, x.reshape(-1, self.in_features).t())  # (out, N)
-        return y.t().contiguous().view(x.shape[:-1] + (self.out_features,))  # rows contiguous, as F.linear makes them
+        with torch.autocast("cpu", enabled=False):  # float32 whatever autocast says: what it gives without
+            x = x.float()
+            if self.bias is None or has_amx(x.device):
+                return F.linear(x, self.weight, self.bias)
+            y = torch.addmm(self.bias.unsqueeze(1), self.weight, x.reshape(-1, self.in_features).t())  # (out, N)
+            return y.t().contiguous().view(x.shape[:-1] + (self.out_features,))  # rows contiguous, as F.linear makes them
 
 
 class CausalSelfAttention(nn.Module):

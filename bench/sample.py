@@ -13,9 +13,9 @@ them; ratios are taken within each round, and the table gives their median and r
 
 What makes generate fast: the KV cache (a step runs one new token), the output head at the last position
 only, in float32 computed as W h^T (for a few rows, ~3x faster than h W^T on AMD EPYCs; in bfloat16 the
-other way round, except on a CPU with AMX), the blocks' linears as W x^T in float32 on a CPU without AMX
-(model.Linear), and inverse-CDF sampling (one random number per row instead of torch.multinomial's one
-per vocabulary entry).
+other way round, except on a CPU with AMX), the blocks' linears in float32 for a step's few rows, even
+under bfloat16 autocast, as W x^T on a CPU without AMX (model.Linear), and inverse-CDF sampling (one
+random number per row instead of torch.multinomial's one per vocabulary entry).
 """
 
 import argparse
