@@ -437,7 +437,7 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in
 # training, the gradient, a few MB that stay in the cache. Only the loss and the gradients of h and of the
 # head's weight are kept.
-HEAD_CHUNK = 512  # positions per matmul in float32 (103 MB of logits at vocab 50,304); head_losses pads to it
+HEAD_CHUNK = 512  # positions per matmul in float32 (103 MB of logits at vocab 50,304); in bfloat16 head_losses pads to it
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 
 
@@ -552,14 +552,15 @@ def softmax_in_rows(device: torch.device) -> bool:
 def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
     """Cross-entropy of each target (N,) under the logits of h (N, C): (N,) float32, without gradients.
 
-    The positions are padded to a multiple of HEAD_CHUNK, so that the chunks' matmuls have one shape or
-    two (a bfloat16 chunk is two of those). A CPU's matmul library keeps a plan, with a copy of the weight
-    laid out for it, for every shape it meets: HellaSwag's batches, each with its own number of positions,
-    grew a process by ~150 MB a batch.
+    In bfloat16 the positions are padded to a multiple of HEAD_CHUNK, so that the chunks' matmuls have one
+    shape or two: a CPU's bfloat16 matmul library keeps a plan, with a copy of the weight laid out for it,
+    for every shape it meets, and HellaSwag's batches, each with its own number of positions, grew a process
+    by ~150 MB a batch. Float32's matmul keeps no such plans, and padding cost its HellaSwag 7-11% of the time.
     """
-    n, pad = len(h), -len(h) % HEAD_CHUNK
+    dtype = matmul_dtype(weight)
+    n, pad = len(h), (-len(h) % HEAD_CHUNK if dtype != torch.float32 else 0)
     with torch.no_grad():
-        chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, matmul_dtype(weight))
+        chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, dtype)
         per_chunk = [losses for _, _, _, losses in chunks]
         return torch.cat(per_chunk)[:n] if per_chunk else torch.zeros(0, device=h.device)
 

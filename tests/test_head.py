@@ -142,6 +142,27 @@ def test_without_gradients_each_row_loss():
         torch.testing.assert_close(head_loss(h, weight, targets, 3.0), ref.mean(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_gradients_pads_the_positions_in_bfloat16_only(monkeypatch, dtype):
+    """Under bfloat16 autocast the chunks' matmuls see a multiple of HEAD_CHUNK positions (one plan per shape
+    in the matmul library); in float32 the positions go unpadded. Either way, one loss per position."""
+    monkeypatch.setattr(M, "HEAD_CHUNK", 64)
+    seen = []
+    real_chunks = M.HeadChunks
+
+    def chunks(h, *args, **kwargs):
+        seen.append(len(h))
+        return real_chunks(h, *args, **kwargs)
+
+    monkeypatch.setattr(M, "HeadChunks", chunks)
+    h, weight, targets = data(150)
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        losses = head_losses(h, weight, targets)
+    assert seen == [192 if dtype == torch.bfloat16 else 150]
+    ref = F.cross_entropy(h @ weight.t(), targets, reduction="none")
+    torch.testing.assert_close(losses, ref, rtol=1e-5 if dtype == torch.float32 else 2e-2, atol=1e-5)
+
+
 def test_head_logits_are_the_plain_logits():
     h, weight, _ = data(5)
     torch.testing.assert_close(head_logits(h, weight, 3.0), softcap(h @ weight.t(), 3.0), rtol=1e-5, atol=1e-5)
