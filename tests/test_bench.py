@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,6 +83,15 @@ def test_gpu_script_dry_run(tmp_path):
     assert any(p.name.startswith("ckpt_") for p in (out / "seed").iterdir())  # the checkpoint step 4 scores
     assert "n=40 " in (out / "hellaswag.txt").read_text()
     assert json.loads((out / "bf16.json").read_text())["steps"] == 10
+
+
+def test_matmul_peak_stops_growing_the_size_after_a_slow_matmul(monkeypatch):
+    """Once a matmul takes over a second (bfloat16 emulated on a CPU: ~1 GFLOP/s), the larger sizes are
+    skipped: 4096 x 4096 would take minutes there. With a clock that moves 2 s per reading, the peak is
+    that of the first size alone."""
+    clock = iter(range(0, 1000, 2))
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    assert train.matmul_peak("cpu", train.torch.float32, (8, 16), 2) == 2 * 8 ** 3 / 2
 
 
 HEAD = ["--positions", "300", "--n-embd", "16", "--vocab", "1000", "--repeats", "2", "--dtype", "float32"]
