@@ -29,7 +29,7 @@ from dataclasses import fields
 import torch
 
 from atomic_write import atomic_write
-from errors import os_reason
+from errors import one_line, os_reason
 from model import GPT, GPTConfig
 
 # also "world_size" (the number of processes that wrote it; absent in older checkpoints, all from one process)
@@ -173,12 +173,20 @@ def open_checkpoint(path: str) -> tuple[str, dict]:
         raise SystemExit(f"error: {e}") from None
 
 
-def model_from_checkpoint(ckpt: dict) -> GPT:
+def model_from_checkpoint(ckpt: dict, name: str = "the checkpoint") -> GPT:
     """The model a checkpoint holds, built from the configuration saved with it. A field of GPTConfig newer
-    than the checkpoint takes its default, which is what the code that wrote it computed."""
+    than the checkpoint takes its default, which is what the code that wrote it computed. SystemExit, one
+    line, for a configuration this code can't build or weights that don't fit it."""
     saved = ckpt["config"]
-    model = GPT(GPTConfig(**{f.name: saved[f.name] for f in fields(GPTConfig) if f.name in saved}))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = GPT(GPTConfig(**{f.name: saved[f.name] for f in fields(GPTConfig) if f.name in saved}))
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {name} holds a configuration this code can't build: {one_line(e)}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+        reason = one_line(e, whole=True, limit=300)
+        raise SystemExit(f"error: the weights in {name} don't fit its configuration: {reason}") from None
     return model
 
 

@@ -135,7 +135,7 @@ def main(argv=None) -> str:
         raise SystemExit("error: export_hf.py needs the transformers package: pip install transformers") from None
     check_out(args.out, args.force)
     name, ckpt = open_checkpoint(args.checkpoint)  # SystemExit with one line for a missing or bad checkpoint
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, name)
     if not model.config.is_gpt2:
         raise SystemExit(f"error: {name} is not a GPT-2 model ({', '.join(model.config.departures())}: --recipe modern), and Hugging "
                          "Face's GPT-2 can't compute it; export works for --recipe gpt2 checkpoints")

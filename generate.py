@@ -20,7 +20,7 @@ from checkpoint import model_from_checkpoint, open_checkpoint
 from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes
 from errors import one_line
 from model import GPT, GPT2_NAMES
-from tokenizer import get_encoding
+from tokenizer import EOT, get_encoding
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--checkpoint", default="log", help="a checkpoint file, or an out dir: its latest (default: %(default)s)")
     src.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(GPT2_NAMES)}) or a Hugging Face GPT-2 folder, "
                                      "through transformers, instead of a checkpoint")
-    p.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue (default: %(default)r)")
+    p.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue; empty: a new document (default: %(default)r)")
     p.add_argument("--num-samples", type=int, default=4, help="samples to draw (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to add to the prompt (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0: all (default: %(default)s)")
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--top-k can't be negative")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.temperature <= 0:
+    if not args.temperature > 0:  # nan too
         p.error("--temperature must be positive (for the single most likely token use --top-k 1)")
     return args
 
@@ -61,8 +61,14 @@ def load_model(args: argparse.Namespace) -> GPT:
             return GPT.from_pretrained(args.model)
         except (ImportError, OSError, ValueError) as e:  # no transformers, no network and no cached copy, ...
             raise SystemExit(f"error: cannot load --model {args.model}: {one_line(e)}") from None
-    _, ckpt = open_checkpoint(args.checkpoint)
-    return model_from_checkpoint(ckpt)
+    name, ckpt = open_checkpoint(args.checkpoint)
+    return model_from_checkpoint(ckpt, name)
+
+
+def prompt_tokens(enc, prompt: str) -> list[int]:
+    """The prompt's token ids. An empty prompt starts from <|endoftext|>, where every document of the training
+    data starts: samples of the model's own choosing (GPT-2's unconditional samples)."""
+    return enc.encode_ordinary(prompt) or [EOT]
 
 
 @torch.no_grad()
@@ -71,16 +77,19 @@ def sample_text(model: GPT, enc, prompt: str, num_samples: int, max_new_tokens: 
                 top_p: float | None = None) -> list[str]:
     """num_samples continuations of prompt. Its own generator: the same seed gives the same text,
     and the caller's random state (a training run's) is left alone."""
-    was_training = model.training
-    model.eval()
-    tokens = torch.tensor(enc.encode_ordinary(prompt), dtype=torch.long, device=device)
+    tokens = torch.tensor(prompt_tokens(enc, prompt), dtype=torch.long, device=device)
     idx = tokens.unsqueeze(0).repeat(num_samples, 1)  # (num_samples, len(prompt))
     generator = torch.Generator(device=device).manual_seed(seed)
-    with autocast(device.split(":")[0], dtype), varying_shapes(device.split(":")[0]):
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             n_vocab=enc.n_vocab, generator=generator)
-    model.train(was_training)
-    return [enc.decode(row.tolist()) for row in out]
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast(device.split(":")[0], dtype), varying_shapes(device.split(":")[0]):
+            out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 n_vocab=enc.n_vocab, generator=generator)
+    finally:
+        model.train(was_training)  # a training run goes on training, whatever happened here
+    start = 0 if prompt else 1  # not the <|endoftext|> an empty prompt starts from
+    return [enc.decode(row[start:].tolist()) for row in out]
 
 
 @torch.no_grad()
@@ -89,7 +98,7 @@ def stream_sample(model: GPT, enc, prompt: str, max_new_tokens: int, top_k: int 
     """One sample written to `out` token by token as it is drawn; returns its whole text.
     The same tokens as sample_text with num_samples=1 and the same seed."""
     model.eval()
-    idx = torch.tensor([enc.encode_ordinary(prompt)], dtype=torch.long, device=device)  # (1, T)
+    idx = torch.tensor([prompt_tokens(enc, prompt)], dtype=torch.long, device=device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(seed)
     # a token may end half-way through a UTF-8 character: print the bytes once the character is whole
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -114,10 +123,11 @@ def main(argv=None) -> list[str]:
     device = pick_device(args.device)
     model = load_model(args).to(device)
     enc = get_encoding()
-    prompt_len = len(enc.encode_ordinary(args.prompt))
-    if prompt_len == 0:
-        raise SystemExit("error: --prompt is empty")
-    if prompt_len >= model.config.block_size:
+    if model.config.vocab_size < enc.n_vocab:  # GPT-2's token ids would index past its embedding
+        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than "
+                         f"GPT-2's {enc.n_vocab:,}: its tokenizer can't be GPT-2's")
+    prompt_len = len(prompt_tokens(enc, args.prompt))
+    if prompt_len > model.config.block_size:
         raise SystemExit(f"error: the prompt is {prompt_len} tokens, the model's context is {model.config.block_size}")
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     top_k, top_p = args.top_k or None, (args.top_p if args.top_p < 1 else None)

@@ -325,9 +325,6 @@ def load_pretrained(name_or_dir: str) -> GPT:
         if isinstance(e, OSError):
             reason = f"cannot load a model from {name_or_dir}: {reason}"
         raise HellaSwagError(reason) from None
-    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
-        raise HellaSwagError(f"{name_or_dir} has a vocabulary of {model.config.vocab_size:,} tokens, "
-                             f"fewer than GPT-2's {N_VOCAB:,}")
     return model
 
 # -----------------------------------------------------------------------------
@@ -370,9 +367,12 @@ def main(argv=None) -> dict:
         examples = load_examples(data, args.limit)
         if args.checkpoint:
             name, ckpt = open_checkpoint(args.checkpoint)  # a file, or an out dir's latest good checkpoint
-            model = model_from_checkpoint(ckpt)
+            model = model_from_checkpoint(ckpt, name)
         else:
             name, model = args.model, load_pretrained(args.model)
+        if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
+            raise HellaSwagError(f"{name} has a vocabulary of {model.config.vocab_size:,} tokens, "
+                                 f"fewer than GPT-2's {N_VOCAB:,}")
         model.to(device)
         print(f"{name} | {len(examples):,} examples of {data} | device {device} | autocast {dtype} | "
               f"{torch.get_num_threads()} threads")

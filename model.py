@@ -403,6 +403,12 @@ class GPT(nn.Module):
         the context, positions would shift at every step, so from there each step recomputes the last
         block_size tokens in full, as without the cache: both give the same tokens.
         """
+        if not temperature > 0:  # nan too
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (None: every token), got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         block_size = self.config.block_size
         cache = None
         if use_cache:

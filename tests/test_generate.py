@@ -6,15 +6,17 @@ tested in test_train.py.
 """
 
 import io
+from dataclasses import asdict
 
 import pytest
 import torch
 
 import generate
 from conftest import MODERN, TINY, random_model
+from checkpoint import checkpoint_path, save_checkpoint
 from generate import sample_text
 from model import GPT, GPTConfig, KVCache, head_logits, sample_next
-from tokenizer import get_encoding
+from tokenizer import EOT, get_encoding
 
 
 def test_cached_logits_match_full_forward():
@@ -159,6 +161,74 @@ def test_stream_sample_prints_what_sample_text_returns():
     assert out.getvalue() == whole + "\n"
 
 
+def test_empty_prompt_starts_a_new_document():
+    """An empty prompt (train_gpt.py --sample-prompt "", generate.py --prompt "") samples from <|endoftext|>,
+    where every document starts, and the text returned leaves that token out."""
+    model = GPT(TINY)
+    enc = get_encoding()
+    got = sample_text(model, enc, "", 2, 8, top_k=50, seed=1, device="cpu")
+    want = model.eval().generate(torch.full((2, 1), EOT), 8, top_k=50, n_vocab=enc.n_vocab,
+                                 generator=torch.Generator().manual_seed(1))
+    assert got == [enc.decode(row[1:].tolist()) for row in want]
+    one = sample_text(model, enc, "", 1, 8, top_k=50, seed=1, device="cpu")[0]
+    assert generate.stream_sample(model, enc, "", 8, top_k=50, top_p=None, seed=1, device="cpu",
+                                  dtype=torch.float32, out=io.StringIO()) == one
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"temperature": 0.0}, "temperature must be positive, got 0.0"),
+    ({"temperature": float("nan")}, "temperature must be positive, got nan"),
+    ({"top_k": 0}, "top_k must be at least 1"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
+])
+def test_sampling_refuses_bad_options_and_goes_on_training(options, message):
+    """A temperature or filter that can't be sampled from is refused by name (top_k=0 used to skip the cache,
+    temperature 0 to draw the padding ids), and a model sampled during training is left training."""
+    model = GPT(TINY).train()
+    with pytest.raises(ValueError, match=message):
+        sample_text(model, get_encoding(), "Hello", 1, 2, seed=0, device="cpu", **{"top_k": None, **options})
+    assert model.training
+
+
+def save_model(out, model: GPT, **saved_config) -> str:
+    """An out dir holding one checkpoint of model, its saved configuration changed by saved_config."""
+    save_checkpoint(checkpoint_path(str(out), 1), {
+        "model": model.state_dict(), "optimizer": {}, "step": 1, "events_done": True,
+        "config": {**asdict(model.config), **saved_config}, "train_loader": {}, "rng": {}, "log_bytes": 0})
+    return str(out)
+
+
+@pytest.mark.parametrize("case", ["small vocabulary", "unknown option", "weights of another shape"])
+def test_checkpoint_errors_are_one_line(tmp_path, case):
+    """A checkpoint generate.py can't sample from stops it with one line saying why, not torch's traceback
+    (a vocabulary below GPT-2's used to fail inside the embedding)."""
+    if case == "small vocabulary":
+        out = save_model(tmp_path, GPT(GPTConfig(**{**asdict(TINY), "vocab_size": 512})))
+        what = "the model has a vocabulary of 512 tokens, fewer than GPT-2's 50,257"
+    elif case == "unknown option":
+        out = save_model(tmp_path, GPT(TINY), mlp="swiglu")
+        what = ".*ckpt_000001.pt holds a configuration this code can't build: mlp must be"
+    else:
+        out = save_model(tmp_path, GPT(TINY), n_embd=64)
+        what = "the weights in .*ckpt_000001.pt don't fit its configuration: .*size mismatch"
+    with pytest.raises(SystemExit, match=f"^error: {what}") as e:
+        generate.main(["--checkpoint", out, "--device", "cpu", "--max-new-tokens", "2"])
+    assert "\n" not in str(e.value)
+
+
+def test_prompt_may_fill_the_context(tmp_path):
+    """A prompt as long as the context is continued (the sampler then crops it); one token more is refused."""
+    out = save_model(tmp_path, GPT(TINY))
+    fill = "a" + " a" * (TINY.block_size - 1)
+    assert len(get_encoding().encode_ordinary(fill)) == TINY.block_size
+    flags = ["--checkpoint", out, "--device", "cpu", "--num-samples", "1", "--max-new-tokens", "3", "--no-stream"]
+    [text] = generate.main([*flags, "--prompt", fill])
+    assert text.startswith(fill) and text != fill
+    with pytest.raises(SystemExit, match="^error: the prompt is 65 tokens, the model's context is 64$"):
+        generate.main([*flags, "--prompt", fill + " a"])
+
+
 class Scripted(torch.nn.Module):
     """Stands in for the GPT in sampling: it streams fixed token ids, whatever the prompt and the seed."""
 
@@ -212,6 +282,7 @@ def _is_utf8(b: bytes) -> bool:
     (["--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--temperature", "0"], "--temperature must be positive"),
+    (["--temperature", "nan"], "--temperature must be positive"),
     (["--top-k", "-1"], "--top-k can't be negative"),
     (["--model", "gpt2", "--checkpoint", "run1"], "not allowed with argument"),
 ])

@@ -337,6 +337,16 @@ def checkpoint_dir(tmp_path_factory):
     return write_model_checkpoint(tmp_path_factory.mktemp("run"), GPT(train_gpt.model_config(cfg)), cfg, 1)
 
 
+def test_checkpoint_of_small_vocabulary_is_one_line(tmp_path):
+    """A checkpoint whose vocabulary is below GPT-2's can't read HellaSwag's tokens: one line, not an IndexError
+    from inside the embedding."""
+    import train_gpt
+    cfg = train_gpt.TrainConfig(**{**asdict(train_gpt.preset_config("tiny")), "vocab_size": 512})
+    out = write_model_checkpoint(tmp_path, GPT(train_gpt.model_config(cfg)), cfg, 1)
+    with pytest.raises(SystemExit, match="^error: .*ckpt_000001.pt has a vocabulary of 512 tokens, fewer than GPT-2's 50,257$"):
+        hellaswag.main(["--checkpoint", str(out), "--data", str(HELLASWAG), "--limit", "1", "--device", "cpu"])
+
+
 def test_cli_prints_key_values_last(checkpoint_dir, capsys):
     """python hellaswag.py --checkpoint DIR --data F --limit N: the last line is n=, acc=, acc_norm=, ..."""
     res = hellaswag.main(["--checkpoint", str(checkpoint_dir), "--data", str(HELLASWAG),
