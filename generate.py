@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--checkpoint", default="log", help="a checkpoint file, or an out dir: its latest (default: %(default)s)")
     src.add_argument("--model", help=f"OpenAI's GPT-2 ({', '.join(GPT2_NAMES)}) or a Hugging Face GPT-2 folder, "
                                      "through transformers, instead of a checkpoint")
-    p.add_argument("--prompt", default="Hello, I'm a language model,", help="text to continue; empty: a new document (default: %(default)r)")
+    p.add_argument("--prompt", default="Hello, I'm a language model,",
+                   help="text to continue; empty: a new document (default: %(default)r)")
     p.add_argument("--num-samples", type=int, default=4, help="samples to draw (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to add to the prompt (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens; 0: all (default: %(default)s)")

@@ -308,7 +308,6 @@ def evaluate(model: GPT, examples: list[dict], enc, device: str = "cpu", dtype: 
 # OpenAI's GPT-2 through transformers (optional: only --model needs it)
 
 
-
 def load_pretrained(name_or_dir: str) -> GPT:
     """OpenAI's GPT-2 `name_or_dir` from the Hugging Face hub (or its local cache), or a Hugging Face GPT-2
     folder, as our GPT: it gets the packed fast path like any checkpoint of ours."""
