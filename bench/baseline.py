@@ -82,6 +82,17 @@ class PlainGPT(nn.Module):
         return idx
 
 
+def plain_copy(model) -> PlainGPT:
+    """A PlainGPT holding model's weights. SystemExit, one line, for a model outside GPT-2's architecture: the
+    plain code computes GPT-2 only (a ReLU² or soft-capped model's weights would even load into it)."""
+    if model.config.departures():
+        raise SystemExit(f"error: the plain baseline computes GPT-2's architecture, not "
+                         f"{', '.join(model.config.departures())}: pass --skip-plain")
+    plain = PlainGPT(model.config)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
 def plain_optimizer(model: nn.Module, lr: float = 6e-4, weight_decay: float = 0.1) -> torch.optim.AdamW:
     """AdamW one tensor at a time (neither fused nor foreach), decay on matrices only."""
     params = list(model.parameters())

@@ -44,6 +44,10 @@ def main(argv=None) -> dict:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"error: --input {path}: not a readable jsonl file with a text field "
                              f"({type(e).__name__}: {e})") from None
+        if not all(isinstance(d, str) for d in docs):
+            raise SystemExit(f"error: --input {path}: a text field that is not a string")
+    if not docs:
+        raise SystemExit("error: --input holds no documents")
     docs *= args.repeat
     tmp = tempfile.TemporaryDirectory()
     big = os.path.join(tmp.name, "input.jsonl")
@@ -60,12 +64,15 @@ def main(argv=None) -> dict:
         del tokens
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, os.path.join(REPO, "fineweb.py"), "--input", big, "--out-dir", out,
-                            "--workers", str(args.workers)], check=True, capture_output=True)
+            proc = subprocess.run([sys.executable, os.path.join(REPO, "fineweb.py"), "--input", big, "--out-dir", out,
+                                   "--workers", str(args.workers)], capture_output=True, text=True)
+            if proc.returncode != 0:  # its own one-line error, or the last line of what went wrong
+                raise SystemExit(f"error: fineweb.py failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
             t_fineweb = time.perf_counter() - t0
             n_fineweb = sum((os.path.getsize(os.path.join(out, f)) - 1024) // 2
                             for f in os.listdir(out) if f.endswith(".bin"))
-        assert n_fineweb == n_tiktoken, (n_fineweb, n_tiktoken)
+        if n_fineweb != n_tiktoken:  # the shards must hold every token: a faster run that drops some is no result
+            raise SystemExit(f"error: fineweb.py wrote {n_fineweb:,} tokens, tiktoken made {n_tiktoken:,}")
         rates["tiktoken"].append(n_tiktoken / t_tiktoken)
         rates["fineweb"].append(n_fineweb / t_fineweb)
         ratios.append(rates["fineweb"][-1] / rates["tiktoken"][-1])
@@ -73,7 +80,8 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     n_read = sum(len(fineweb.item_texts(item)) for item in fineweb.iter_work([big]))  # reading and parsing, in one process
     t_read = time.perf_counter() - t0
-    assert n_read == len(docs)
+    if n_read != len(docs):
+        raise SystemExit(f"error: fineweb.py's reader found {n_read:,} documents of {len(docs):,}")
     tmp.cleanup()
 
     print(f"{len(docs):,} documents ({len(args.input)} files x {args.repeat}), {n_tiktoken:,} tokens, "

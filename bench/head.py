@@ -49,8 +49,8 @@ def main(argv=None) -> dict:
             p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     if args.vocab < 2:
         p.error(f"--vocab must be at least 2, got {args.vocab}")
-    if args.cap < 0:
-        p.error(f"--cap must be 0 (none) or positive, got {args.cap}")
+    if not (args.cap == 0 or 0 < args.cap < float("inf")):  # nan and inf too
+        p.error(f"--cap must be 0 (none) or a positive number, got {args.cap}")
 
     device = pick_device(args.device)
     device_type = device.split(":")[0]

@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hellaswag  # noqa: E402
-from bench.baseline import PlainGPT, plain_hellaswag  # noqa: E402
+from bench.baseline import plain_copy, plain_hellaswag  # noqa: E402
 from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+from tokenizer import N_VOCAB, get_encoding  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from device import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
 from bench.train import matmul_peak  # noqa: E402
@@ -57,8 +57,14 @@ def main(argv=None) -> dict:
     if device == "cpu":
         keep_freed_memory()  # as hellaswag.py's main does
     torch.manual_seed(1337)
-    model = (model_from_checkpoint(open_checkpoint(args.checkpoint)[1]) if args.checkpoint
-             else GPT(model_config(PRESETS[args.preset])))
+    if args.checkpoint:
+        model = model_from_checkpoint(*open_checkpoint(args.checkpoint)[::-1])  # (the checkpoint, its name)
+    else:
+        model = GPT(model_config(PRESETS[args.preset]))
+    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
+        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than GPT-2's "
+                         f"{N_VOCAB:,}")
+    plain = None if args.skip_plain else plain_copy(model)  # before any scoring: a model it can't compute stops here
     model.to(device)
     enc = get_encoding()
     labels = torch.tensor([ex["label"] for ex in examples])
@@ -69,15 +75,16 @@ def main(argv=None) -> dict:
         return time.perf_counter() - t0, sums, means
 
     name = f"hellaswag.py {str(dtype)[6:]}"
-    rows = {name: run(lambda: hellaswag.score_examples(model, examples, enc, device, dtype))}
-    if args.float32_too and dtype != torch.float32:
-        rows["hellaswag.py float32"] = run(lambda: hellaswag.score_examples(model, examples, enc, device))
-    if not args.skip_plain:
-        plain = PlainGPT(model.config)
-        plain.load_state_dict(model.state_dict())
-        plain.to(device).eval()
-        rows["plain (bench/baseline)"] = run(lambda: plain_hellaswag(lambda tokens: plain(tokens.to(device))[0],
-                                                                     examples, enc, model.config.block_size))
+    try:  # an example too long for the model's context: one line
+        rows = {name: run(lambda: hellaswag.score_examples(model, examples, enc, device, dtype))}
+        if args.float32_too and dtype != torch.float32:
+            rows["hellaswag.py float32"] = run(lambda: hellaswag.score_examples(model, examples, enc, device))
+        if plain is not None:
+            plain.to(device).eval()
+            rows["plain (bench/baseline)"] = run(lambda: plain_hellaswag(lambda tokens: plain(tokens.to(device))[0],
+                                                                         examples, enc, model.config.block_size))
+    except hellaswag.HellaSwagError as e:
+        raise SystemExit(f"error: {e}") from None
     scored = sum(len(enc.encode_ordinary(" " + e)) for ex in examples for e in ex["endings"])
     head_flops = 2 * model.config.n_embd * model.config.vocab_size * scored
     peaks = {dt: matmul_peak(device, dt) for dt in {dtype, torch.float32}}

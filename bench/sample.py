@@ -28,10 +28,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.baseline import PlainGPT  # noqa: E402
+from bench.baseline import plain_copy  # noqa: E402
+from generate import prompt_tokens  # noqa: E402
 from model import GPT  # noqa: E402
 from train_gpt import PRESETS, model_config  # noqa: E402
-from tokenizer import get_encoding  # noqa: E402
+from tokenizer import N_VOCAB, get_encoding  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes  # noqa: E402
 
@@ -76,15 +77,20 @@ def main(argv=None) -> dict:
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     torch.manual_seed(1337)
     if args.checkpoint:
-        model = model_from_checkpoint(open_checkpoint(args.checkpoint)[1])
+        model = model_from_checkpoint(*open_checkpoint(args.checkpoint)[::-1])  # (the checkpoint, its name)
     else:
         model = GPT(model_config(PRESETS[args.preset]))
-    plain = PlainGPT(model.config)
-    plain.load_state_dict(model.state_dict())
-    model.to(device).eval()
-    plain.to(device).eval()
+    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
+        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than GPT-2's "
+                         f"{N_VOCAB:,}")
     enc = get_encoding()
-    idx = torch.tensor([enc.encode_ordinary(args.prompt)] * args.num_samples, device=device)  # (B, T)
+    prompt = prompt_tokens(enc, args.prompt)  # as generate.py: an empty prompt starts from <|endoftext|>
+    if len(prompt) + args.max_new_tokens > model.config.block_size:  # past it, every step recomputes
+        raise SystemExit(f"error: the prompt's {len(prompt)} tokens and --max-new-tokens {args.max_new_tokens} pass the "
+                         f"model's context of {model.config.block_size}, where the KV cache stops: it would not be measured")
+    model.to(device).eval()
+    plain = None if args.skip_plain else plain_copy(model).to(device).eval()
+    idx = torch.tensor([prompt] * args.num_samples, dtype=torch.long, device=device)  # (B, T)
     n = args.num_samples * args.max_new_tokens
 
     def gen(m, dtype, new=args.max_new_tokens, **kw):
@@ -97,7 +103,7 @@ def main(argv=None) -> dict:
     samplers = {plain_name: (plain, torch.float32, {}),  # name: (model, autocast dtype, generate's arguments)
                 "generate, recompute": (model, dtype, {"use_cache": False}),
                 "generate, KV cache": (model, dtype, {"use_cache": True})}
-    if args.skip_plain:
+    if plain is None:
         del samplers[plain_name]
     for m, dt, kw in samplers.values():
         gen(m, dt, 2, **kw)()  # warm-up: allocation, kernel choice

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import train_gpt  # noqa: E402
 from bench.baseline import PlainGPT, plain_optimizer, plain_step  # noqa: E402
-from device import autocast, autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
+from device import autocast, autocast_dtype, configure_for_training, pick_device  # noqa: E402
 from model import GPT  # noqa: E402
 
 
@@ -107,8 +107,7 @@ def worker(args) -> dict:
     else:
         model.to(device)
         device_type = device.split(":")[0]
-        if device_type == "cpu":
-            keep_freed_memory()  # as train_gpt.main does
+        configure_for_training(device_type)  # as train_gpt.main does: TF32 on CUDA, the CPU's malloc settings
         dtype = autocast_dtype(device_type, args.dtype)
         opt = train_gpt.configure_optimizer(model, cfg, device_type)
         fwd = torch.compile(model) if args.worker == "compiled" else model
@@ -162,6 +161,8 @@ def main(argv=None) -> list[dict]:
     if args.worker:
         print(json.dumps(worker(args)))
         return []
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):  # found now, not after the runs
+        p.error(f"--json {args.json}: its folder does not exist")
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
@@ -192,22 +193,23 @@ def main(argv=None) -> list[dict]:
         r["flops_per_token"] = 6 * r["n_params"] + 12 * r["n_layer"] * r["n_embd"] * args.seq_len
         r["peak_flops"] = peak32 if r["dtype"] == "float32" else peak
         r["mfu"] = r["tok_s"] * r["flops_per_token"] / r["peak_flops"]
-    base = results[0]["tok_s"]
+    base = next((r for r in results if r["config"] == "plain"), results[0])  # the plain step, where it ran
     print(f"\n{args.preset} preset, micro-batch {args.batch_size} x {args.seq_len}, {args.accum} micro-steps per step, "
           f"median of {args.steps} steps after {args.warmup} warm-up" +
-          (f"; the median of {args.runs} runs, their range in brackets" if args.runs > 1 else ""))
-    print(f"{'step':<26}{'dtype':>9}{'tokens/s':>10}{'vs plain':>10}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
+          (f"; the median run of {args.runs} (of an even number, the slower middle one), their range in brackets"
+           if args.runs > 1 else ""))
+    print(f"{'step':<26}{'dtype':>9}{'tokens/s':>10}{'vs ' + base['config']:>12}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
     for r in results:
         name = {"plain": "plain (bench/baseline)", "plain-best": "plain, compile + autocast", "ours": "train_gpt",
                 "compiled": "train_gpt --compile"}[r["config"]]
         spread = [x["tok_s"] for x in runs[r["config"]]]
-        print(f"{name:<26}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base:>9.2f}x{r['mfu']:>7.1%}"
+        print(f"{name:<26}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base['tok_s']:>11.2f}x{r['mfu']:>7.1%}"
               f"{r['peak_mb']:>9,.0f}{r['first_loss']:>12.5f}" +
               (f"  [{min(spread):,.0f}-{max(spread):,.0f}]" if args.runs > 1 else ""))
     print(f"FLOPs per token {results[0]['flops_per_token'] / 1e6:.1f} M; MFU against the matmul peak of the step's dtype")
     if {"plain-best", "compiled"} <= set(configs):
         best = {r["config"]: r["tok_s"] for r in results}
-        print(f"train_gpt's best against the plain baseline's best (both compiled, {dtype}): "
+        print(f"train_gpt's best, eager or compiled, against the plain baseline's best (compiled, {dtype}): "
               f"{max(best.get('ours', 0), best['compiled']) / best['plain-best']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:

@@ -158,7 +158,10 @@ def test_head_bench_compiled(capsys, small_peak):
     (head, ["--positions", "0"], "--positions must be at least 1, got 0"),
     (head, ["--repeats", "0"], "--repeats must be at least 1, got 0"),
     (head, ["--vocab", "1"], "--vocab must be at least 2, got 1"),
-    (head, ["--cap", "-1"], "--cap must be 0 (none) or positive, got -1.0"),
+    (head, ["--cap", "-1"], "--cap must be 0 (none) or a positive number, got -1.0"),
+    (head, ["--cap", "nan"], "--cap must be 0 (none) or a positive number, got nan"),
+    (head, ["--cap", "inf"], "--cap must be 0 (none) or a positive number, got inf"),
+    (train, ["--json", "no-such-dir/out.json"], "--json no-such-dir/out.json: its folder does not exist"),
     (train, ["--accum", "0"], "--accum must be at least 1, got 0"),
     (train, ["--runs", "0"], "--runs must be at least 1, got 0"),
     (train, ["--warmup", "-1"], "--warmup must be at least 0, got -1"),
@@ -177,6 +180,78 @@ def test_hellaswag_bench_rejects_a_bad_limit_and_a_missing_file(tmp_path, capsys
     missing = tmp_path / "hellaswag_val.jsonl"
     with pytest.raises(SystemExit, match=f"^error: {re.escape(str(missing))}: file not found$"):
         bench_hellaswag.main(["--data", str(missing), "--preset", "tiny", "--skip-plain"])
+
+
+@pytest.fixture(scope="module")
+def odd_checkpoints(tmp_path_factory) -> dict:
+    """Out dirs, each with one checkpoint of a small model a benchmark can't measure as asked."""
+    from dataclasses import asdict
+
+    from checkpoint import checkpoint_path, save_checkpoint
+    from model import GPT, GPTConfig
+    runs = {}
+    for name, options in [("small vocabulary", dict(vocab_size=512)), ("modern", dict(rope=True, qk_norm=True)),
+                          ("relu2 and soft-cap", dict(mlp="relu2", logit_softcap=15.0))]:
+        model = GPT(GPTConfig(**{**dict(block_size=160, n_layer=1, n_head=2, n_embd=32), **options}))
+        out = tmp_path_factory.mktemp("run")
+        save_checkpoint(checkpoint_path(str(out), 1), {
+            "model": model.state_dict(), "optimizer": {}, "step": 1, "events_done": True,
+            "config": asdict(model.config), "train_loader": {}, "rng": {}, "log_bytes": 0})
+        runs[name] = str(out)
+    return runs
+
+
+@pytest.mark.parametrize("bench", [bench_hellaswag, sample], ids=["hellaswag", "sample"])
+@pytest.mark.parametrize("case, skip_plain, message", [
+    ("small vocabulary", True, "the model has a vocabulary of 512 tokens, fewer than GPT-2's 50,257"),
+    ("modern", False, "the plain baseline computes GPT-2's architecture, not rotary positions, QK-norm: "
+                      "pass --skip-plain"),
+    # a ReLU² or soft-capped model's weights load into the plain model, which would then score another function
+    ("relu2 and soft-cap", False, "the plain baseline computes GPT-2's architecture, not a ReLU² MLP, "
+                                  "soft-capped logits: pass --skip-plain"),
+])
+def test_hellaswag_and_sample_benches_refuse_a_checkpoint_they_cant_measure(bench, case, skip_plain, message,
+                                                                              odd_checkpoints):
+    argv = ["--checkpoint", odd_checkpoints[case], "--device", "cpu", *(["--skip-plain"] if skip_plain else [])]
+    argv += ["--data", str(HELLASWAG), "--limit", "2"] if bench is bench_hellaswag else ["--max-new-tokens", "2"]
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}$"):
+        bench.main(argv)
+
+
+def test_hellaswag_bench_names_an_example_too_long_for_the_context(tmp_path):
+    data = tmp_path / "hs.jsonl"
+    data.write_text(json.dumps({"ctx": "A man", "label": 0, "endings": [" word" * 80] * 4}) + "\n")
+    with pytest.raises(SystemExit, match="^error: an ending of 81 tokens leaves no room for context"):
+        bench_hellaswag.main(["--data", str(data), "--preset", "tiny", "--device", "cpu", "--skip-plain"])
+
+
+def test_sample_bench_measures_the_cache_only_within_the_context(capsys):
+    """Past the context the sampler recomputes every step: a run that would go there is refused, since its
+    'KV cache' figure would measure recompute. An empty prompt starts from <|endoftext|>, as in generate.py."""
+    with pytest.raises(SystemExit, match="^error: the prompt's 8 tokens and --max-new-tokens 57 pass the model's "
+                                         "context of 64, where the KV cache stops"):
+        sample.main(["--preset", "tiny", "--max-new-tokens", "57", "--skip-plain", "--repeats", "1"])
+    result = sample.main(["--preset", "tiny", "--prompt", "", "--max-new-tokens", "63", "--num-samples", "1",
+                          "--skip-plain", "--repeats", "1"])
+    assert result["same"] is True
+
+
+def test_train_bench_compares_with_the_plain_step_wherever_it_is_listed(capsys):
+    train.main(["--preset", "tiny", "--batch-size", "2", "--seq-len", "64", "--accum", "1", "--steps", "1",
+                "--warmup", "0", "--device", "cpu", "--configs", "ours,plain"])
+    rows = {line[:26].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "vs plain" in rows["step"]
+    assert rows["plain (bench/baseline)"].split()[4] == "1.00x"  # the plain step against itself
+    assert rows["train_gpt"].split()[3] != "1.00x"
+
+
+@pytest.mark.parametrize("text, message", [("", "--input holds no documents"), ("\n\n", "--input holds no documents"),
+                                           ('{"text": 5}\n', "a text field that is not a string")])
+def test_fineweb_bench_refuses_input_without_text(tmp_path, text, message):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=f"^error: (--input {re.escape(str(path))}: )?{message}$"):
+        bench_fineweb.main(["--input", str(path), "--rounds", "1", "--repeat", "1"])
 
 
 @pytest.mark.parametrize("flag", ["--rounds", "--workers", "--repeat"])
