@@ -25,12 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hellaswag  # noqa: E402
 from bench.baseline import plain_copy, plain_hellaswag  # noqa: E402
-from model import GPT  # noqa: E402
-from train_gpt import PRESETS, model_config  # noqa: E402
-from tokenizer import N_VOCAB, get_encoding  # noqa: E402
-from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
+from train_gpt import PRESETS  # noqa: E402
+from tokenizer import get_encoding  # noqa: E402
 from device import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
-from bench.train import matmul_peak  # noqa: E402
+from bench.train import bench_model, matmul_peak  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -56,14 +54,7 @@ def main(argv=None) -> dict:
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
     if device == "cpu":
         keep_freed_memory()  # as hellaswag.py's main does
-    torch.manual_seed(1337)
-    if args.checkpoint:
-        model = model_from_checkpoint(*open_checkpoint(args.checkpoint)[::-1])  # (the checkpoint, its name)
-    else:
-        model = GPT(model_config(PRESETS[args.preset]))
-    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
-        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than GPT-2's "
-                         f"{N_VOCAB:,}")
+    model = bench_model(args.checkpoint, args.preset)
     plain = None if args.skip_plain else plain_copy(model)  # before any scoring: a model it can't compute stops here
     model.to(device)
     enc = get_encoding()

@@ -30,10 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.baseline import plain_copy  # noqa: E402
 from generate import prompt_tokens  # noqa: E402
-from model import GPT  # noqa: E402
-from train_gpt import PRESETS, model_config  # noqa: E402
-from tokenizer import N_VOCAB, get_encoding  # noqa: E402
-from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
+from train_gpt import PRESETS  # noqa: E402
+from tokenizer import get_encoding  # noqa: E402
+from bench.train import bench_model  # noqa: E402
 from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes  # noqa: E402
 
 
@@ -75,14 +74,7 @@ def main(argv=None) -> dict:
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
-    torch.manual_seed(1337)
-    if args.checkpoint:
-        model = model_from_checkpoint(*open_checkpoint(args.checkpoint)[::-1])  # (the checkpoint, its name)
-    else:
-        model = GPT(model_config(PRESETS[args.preset]))
-    if model.config.vocab_size < N_VOCAB:  # GPT-2's token ids would index past its embedding
-        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than GPT-2's "
-                         f"{N_VOCAB:,}")
+    model = bench_model(args.checkpoint, args.preset)
     enc = get_encoding()
     prompt = prompt_tokens(enc, args.prompt)  # as generate.py: an empty prompt starts from <|endoftext|>
     if len(prompt) + args.max_new_tokens > model.config.block_size:  # past it, every step recomputes

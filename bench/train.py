@@ -28,7 +28,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import train_gpt  # noqa: E402
 from bench.baseline import PlainGPT, plain_optimizer, plain_step  # noqa: E402
 from device import autocast, autocast_dtype, configure_for_training, pick_device  # noqa: E402
+from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
+from tokenizer import N_VOCAB  # noqa: E402
+
+
+def bench_model(checkpoint: str | None, preset: str) -> GPT:
+    """The model a benchmark measures: a checkpoint's (a file or an out dir), or the preset's with random
+    weights (seeded). SystemExit, one line, for a vocabulary below GPT-2's: its ids would index past it."""
+    torch.manual_seed(1337)
+    if checkpoint:
+        name, ckpt = open_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt, name)
+    else:
+        model = GPT(train_gpt.model_config(train_gpt.PRESETS[preset]))
+    if model.config.vocab_size < N_VOCAB:
+        raise SystemExit(f"error: the model has a vocabulary of {model.config.vocab_size:,} tokens, fewer than GPT-2's "
+                         f"{N_VOCAB:,}")
+    return model
 
 
 def matmul_peak(device: str, dtype: torch.dtype, sizes=None, repeats: int = 3) -> float:
