@@ -95,11 +95,20 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, fsdp: b
 
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, fsdp: bool) -> None:
-    """The inverse of full_state: every process loads the checkpoint's whole state and keeps its own shards."""
+    """The inverse of full_state: every process loads the checkpoint's whole state and keeps its own shards.
+    The optimizer's settings (weight decay, Muon's lr_scale, ...) stay this run's: its flags, not the saved ones."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     if not fsdp:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        return
+    else:
+        load_sharded_state(model, optimizer, ckpt)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+
+
+def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict) -> None:
+    """load_full_state under FSDP: the optimizer's state, saved by position, is keyed by parameter name."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
     options = StateDictOptions(full_state_dict=True)

@@ -201,6 +201,18 @@ def pack_example(example: dict, enc, block_size: int | None = None) -> tuple[lis
     return tokens, pos, seg
 
 
+def check_lengths(examples: list[dict], enc, block_size: int) -> None:
+    """Raise HellaSwagError, naming the example, where an ending leaves no room for context in the model's
+    block_size tokens. An ending is encoded only if it has that many UTF-8 bytes (a token holds one or more):
+    with GPT-2's 1,024-token context, none of the official set's."""
+    for i, example in enumerate(examples):
+        for ending in example["endings"]:
+            text = " " + ending
+            if len(text.encode()) >= block_size and len(enc.encode_ordinary(text)) >= block_size:
+                raise HellaSwagError(f"example {i + 1}: an ending of {len(enc.encode_ordinary(text))} tokens leaves "
+                                     f"no room for context in the model's {block_size}-token context")
+
+
 def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
     """Packed rows -> tokens, pos, seg (B, L), right-padded (segment -1), and the attention mask (B, 1, L, L):
     query j reads key k <= j of the context or of its own segment."""

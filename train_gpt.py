@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -34,13 +33,14 @@ from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, 
 from device import DTYPES, autocast, autocast_dtype, configure_for_training, pick_device
 from distributed import any_process, full_state, load_full_state, same_in_every_process, setup_distributed, shard_model
 from errors import one_line
-from fineweb import ShardError, list_shards, read_shard
+from dataloader import DataLoaderLite
+from fineweb import ShardError
 from generate import sample_text
 from model import GPT, GPTConfig
 from optim import MuonAdamW
 from run_log import ETA, Logger, run_info, step_line
 from signals import StopSignals
-from tokenizer import get_encoding
+from tokenizer import N_VOCAB, get_encoding
 
 # -----------------------------------------------------------------------------
 # config and presets
@@ -164,6 +164,9 @@ def saved_config(ckpt: dict, name: str):
 def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise ValueError, with the flag to change, for values that can't work together."""
     model_config(cfg)  # GPTConfig checks its own fields
+    for f in fields(cfg):  # NaN passes every comparison below, and inf is no learning rate or weight decay
+        if isinstance(getattr(cfg, f.name), float) and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}")
     for name in ("batch_size", "seq_len", "total_batch_size", "max_steps", "max_lr", "muon_lr"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
@@ -178,6 +181,11 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         raise ValueError(f"--total-batch-size {cfg.total_batch_size} must be a multiple of --batch-size x "
                          f"--seq-len x processes = {cfg.batch_size} x {cfg.seq_len} x {world_size} "
                          f"= {tokens_per_micro_step}")
+    if cfg.val_every and not cfg.val_steps:
+        raise ValueError("--val-steps 0 measures no val batch: give it one or more, or turn val off: --val-every 0")
+    if (cfg.sample_every or cfg.hellaswag_every) and cfg.vocab_size < N_VOCAB:
+        raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than GPT-2's {N_VOCAB:,}, whose tokens the "
+                         "samples and HellaSwag feed the model: turn them off (--sample-every 0 --hellaswag-every 0)")
     if cfg.warmup_steps > cfg.max_steps:
         raise ValueError(f"--warmup-steps {cfg.warmup_steps} is more than --max-steps {cfg.max_steps}")
     if cfg.min_lr > cfg.max_lr:
@@ -225,73 +233,16 @@ def parse_config(argv=None) -> TrainConfig:
 # data
 
 
-class DataLoaderLite:
-    """Batches of B x T tokens read in order from a split's shards; x is the input, y the next token.
-
-    Process `rank` of `world_size` takes every world_size-th batch, so processes never share tokens.
-    At the end of a shard it moves to the next one, and after the last back to the first.
-    """
-
-    def __init__(self, data_root: str, split: str, B: int, T: int, rank: int = 0, world_size: int = 1,
-                 vocab_size: int | None = None):
-        self.data_root, self.split, self.B, self.T = data_root, split, B, T
-        self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
-        if not os.path.isdir(data_root):
-            raise ShardError(f"data dir {data_root} not found: make shards with `python fineweb.py`")
-        self.shards = list_shards(data_root, split)
-        if not self.shards:
-            raise ShardError(f"no {split} shards ({split}_*.bin) in {data_root}: make them with `python fineweb.py`")
-        self.reset()
-
-    def _load(self, shard: int) -> None:
-        self.shard = shard
-        self.tokens = read_shard(self.shards[shard])  # memory-mapped: only the pages we read are loaded
-        if len(self.tokens) < self.B * self.T * self.world_size + 1:
-            raise ShardError(f"{self.shards[shard]} holds {len(self.tokens):,} tokens, fewer than one batch "
-                             f"({self.B} x {self.T} x {self.world_size} processes + 1)")
-        if self.vocab_size is not None and len(self.tokens):
-            # an id past the embedding table would fail deep inside torch (or silently on some GPUs)
-            top = int(self.tokens.max())
-            if top >= self.vocab_size:
-                raise ShardError(f"{self.shards[shard]} holds token id {top}, but the model's --vocab-size is "
-                                 f"{self.vocab_size}: these shards were made with another tokenizer")
-
-    def reset(self) -> None:
-        self._load(0)
-        self.pos = self.B * self.T * self.rank
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T = self.B, self.T
-        buf = torch.from_numpy(self.tokens[self.pos:self.pos + B * T + 1].astype(np.int64))
-        x = buf[:-1].view(B, T)  # inputs
-        y = buf[1:].view(B, T)  # targets: each input's next token
-        self.pos += B * T * self.world_size
-        # all processes move on together, when the next round of world_size batches would run off the end
-        round_start = self.pos - B * T * self.rank
-        if round_start + B * T * self.world_size + 1 > len(self.tokens):
-            self._load((self.shard + 1) % len(self.shards))
-            self.pos = B * T * self.rank
-        return x, y
-
-    def state_dict(self) -> dict:
-        # the position of the round, the same in every process: process 0's checkpoint serves them all
-        return {"shard": self.shard, "pos": self.pos - self.B * self.T * self.rank}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["shard"] >= len(self.shards):
-            raise ShardError(f"the checkpoint was reading {self.split} shard {state['shard']}, but "
-                             f"{self.data_root} has only {len(self.shards)}: resume with the same data")
-        self._load(state["shard"])
-        self.pos = state["pos"] + self.B * self.T * self.rank
-
-
 def make_loaders(cfg: TrainConfig, rank: int, world_size: int) -> tuple[DataLoaderLite, DataLoaderLite]:
     """The train and val loaders; a missing or bad shard stops the run with one line, before it changes anything."""
     try:
-        return tuple(DataLoaderLite(cfg.data_dir, split, cfg.batch_size, cfg.seq_len, rank, world_size,
-                                    cfg.vocab_size) for split in ("train", "val"))
+        loaders = tuple(DataLoaderLite(cfg.data_dir, split, cfg.batch_size, cfg.seq_len, rank, world_size,
+                                       cfg.vocab_size) for split in ("train", "val"))
     except ShardError as e:
         raise SystemExit(f"error: {e}") from None
+    for path in (loaders[0].skipped + loaders[1].skipped) if rank == 0 else []:
+        print(f"note: {path} left out: it holds fewer tokens than one batch")
+    return loaders
 
 # -----------------------------------------------------------------------------
 # model
@@ -407,9 +358,10 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
     return (total / steps).item()
 
 
-def load_hellaswag(cfg: TrainConfig, master: bool, world_size: int) -> list[dict] | None:
-    """The HellaSwag examples the run evaluates, read once (None if it doesn't). Without --hellaswag-data, the
-    first process downloads the official file while the others wait, then they read its copy."""
+def load_hellaswag(cfg: TrainConfig, enc, master: bool, world_size: int) -> list[dict] | None:
+    """The HellaSwag examples the run evaluates, read once (None if it doesn't), each checked to fit the
+    model's context. Without --hellaswag-data, the first process downloads the official file while the others
+    wait, then they read its copy."""
     if cfg.hellaswag_every == 0:
         return None
     try:
@@ -417,7 +369,9 @@ def load_hellaswag(cfg: TrainConfig, master: bool, world_size: int) -> list[dict
         if world_size > 1:
             dist.barrier()
         path = path or hellaswag.val_file(flag="--hellaswag-data")  # the others: the copy the first one made
-        return hellaswag.load_examples(path, cfg.hellaswag_limit or None)
+        examples = hellaswag.load_examples(path, cfg.hellaswag_limit or None)
+        hellaswag.check_lengths(examples, enc, cfg.block_size)
+        return examples
     except hellaswag.HellaSwagError as e:
         raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
 
@@ -484,6 +438,8 @@ def resume(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, loade
         raise SystemExit(f"error: {path} was written by {written_by} process(es), this run has {world_size}: "
                          f"resume it with {written_by} (the position in the training data depends on their "
                          "number); nothing was changed")
+    if ckpt["step"] > cfg.max_steps:
+        raise SystemExit(f"error: {path} is at step {ckpt['step']}, past --max-steps {cfg.max_steps}: nothing to do")
     load_full_state(model, optimizer, ckpt, cfg.fsdp)
     try:
         loader.load_state_dict(ckpt["train_loader"])
@@ -578,12 +534,12 @@ def main(argv=None) -> None:
     # data: each optimizer step sums the gradients of grad_accum micro-batches of B x T tokens per process
     grad_accum = cfg.total_batch_size // (cfg.batch_size * cfg.seq_len * world_size)
     train_loader, val_loader = make_loaders(cfg, rank, world_size)
-    hellaswag_examples = load_hellaswag(cfg, master, world_size)
+    enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
+    hellaswag_examples = load_hellaswag(cfg, enc, master, world_size)
 
     # model, optimizer, and the state of a run to continue
     model, train_model = build_model(cfg, device, world_size, pretrained)
     optimizer = configure_optimizer(model, cfg, device_type)
-    enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
     start_step, events_done, resumed = resume(cfg, model, optimizer, train_loader, logger, device, world_size)
     save = partial(write_checkpoint, cfg=cfg, model=model, optimizer=optimizer, loader=train_loader, logger=logger,
                    device=device, world_size=world_size)

@@ -17,7 +17,7 @@ import fineweb
 from conftest import REPO
 from fineweb import ShardError, list_shards, read_shard, write_shard
 from tokenizer import EOT, get_encoding
-from train_gpt import DataLoaderLite
+from dataloader import DataLoaderLite
 
 
 def make_shards(tmp_path, sizes, start=0):
@@ -202,6 +202,27 @@ def test_loader_state_round_trip(tmp_path):
     b.load_state_dict(a.state_dict())
     for _ in range(30):
         assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+def test_loader_leaves_out_a_shard_smaller_than_a_batch(tmp_path):
+    """A train shard too small for one batch (fineweb.py's last holds what was left over) is left out, and
+    named; the loader reads the others in turn."""
+    make_shards(tmp_path, [100, 40, 10, 40])  # train: ids 100..139, 140..149 (too small for 2 x 8 + 1), 150..189
+    loader = DataLoaderLite(str(tmp_path), "train", 2, 8)
+    assert [os.path.basename(p) for p in loader.skipped] == ["train_000002.bin"]
+    firsts = [loader.next_batch()[0][0, 0].item() for _ in range(6)]
+    assert firsts == [100, 116, 150, 166, 100, 116]
+
+
+def test_loader_stops_with_one_line_at_a_foreign_token_found_mid_run(tmp_path):
+    """A token id past the vocabulary in a shard the run reaches later: one line, not a traceback from torch."""
+    make_shards(tmp_path, [100, 40])
+    write_shard(fineweb.shard_path(str(tmp_path), "train", 2), np.full(40, 60000, dtype=np.uint16))
+    loader = DataLoaderLite(str(tmp_path), "train", 2, 8, vocab_size=50304)
+    with pytest.raises(SystemExit, match=r"^error: .*train_000002.bin holds token id 60000, .*checkpoints written "
+                                         r"so far are intact$"):
+        for _ in range(3):
+            loader.next_batch()
 
 
 def test_loader_errors(tmp_path):

@@ -183,6 +183,30 @@ def test_pack_cuts_context_from_the_left(enc):
     with pytest.raises(HellaSwagError, match="no room for context"):
         hellaswag.pack_example(ITEM, enc, block_size=max(map(len, ends)))
 
+def test_check_lengths_names_the_example_whose_ending_fills_the_context(enc):
+    """check_lengths refuses, naming the example, what pack_example would refuse in the middle of a run."""
+    longest = max(len(enc.encode_ordinary(" " + e)) for e in ITEM["endings"])
+    hellaswag.check_lengths([ITEM, ITEM], enc, block_size=longest + 1)  # one token of context: fits
+    long_one = {**ITEM, "endings": ITEM["endings"][:3] + [" word" * 40]}
+    with pytest.raises(HellaSwagError, match=r"^example 2: an ending of 41 tokens leaves no room for context "
+                                             r"in the model's 41-token context$"):
+        hellaswag.check_lengths([ITEM, long_one], enc, block_size=41)
+
+
+def test_training_refuses_an_ending_longer_than_the_context_before_it_starts(corpus_shards, tmp_path):
+    """train_gpt.py with HellaSwag on and an ending that can't fit its model's context stops with one line
+    before its first step, not with a traceback at its first evaluation."""
+    import train_gpt
+    data = tmp_path / "hellaswag.jsonl"
+    data.write_text(json.dumps({**ITEM, "endings": ITEM["endings"][:3] + [" word" * 70]}) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main(["--preset", "tiny", "--device", "cpu", "--data-dir", str(corpus_shards), "--out-dir",
+                        str(out), "--hellaswag-every", "4", "--hellaswag-data", str(data), "--max-steps", "8"])
+    assert str(e.value) == ("error: example 1: an ending of 71 tokens leaves no room for context in the model's "
+                            "64-token context (or turn HellaSwag off: --hellaswag-every 0)")
+    assert not (out / "log.jsonl").exists() or (out / "log.jsonl").read_text() == ""
+
 # -----------------------------------------------------------------------------
 # scoring
 

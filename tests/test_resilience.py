@@ -413,6 +413,8 @@ def train_error(tmp_path, data_dir, *flags) -> str:
     ("truncated", "train_000001.bin is truncated or damaged: its header says 4,096 tokens but it holds 4,046"),
     ("token", "train_000001.bin holds token id 60000, but the model's --vocab-size is 50304"),
     ("small", "val_000000.bin holds 100 tokens, fewer than one batch"),
+    ("later truncated", "train_000002.bin is truncated or damaged"),
+    ("later magic", "train_000002.bin is not a token shard (bad magic number)"),
 ])
 def test_bad_data(tmp_path, case, message):
     """Missing, absent, damaged, foreign or too small shards: one line that names the file and the fix."""
@@ -425,6 +427,10 @@ def test_bad_data(tmp_path, case, message):
         make_shards(data, train=False)
         write_shard(fineweb.shard_path(str(data), "val", 0), np.zeros(100, dtype=np.uint16))
         write_shard(fineweb.shard_path(str(data), "train", 1), np.zeros(4096, dtype=np.uint16))
+    elif case.startswith("later"):  # found before the first step, not when the run reaches that shard
+        make_shards(data)
+        write_shard(fineweb.shard_path(str(data), "train", 2), np.zeros(4096, dtype=np.uint16))
+        damage_shard(data / "train_000002.bin", case.split()[1])
     elif case != "missing":
         make_shards(data)
         damage_shard(data / "train_000001.bin", case)
@@ -442,6 +448,10 @@ def test_bad_data(tmp_path, case, message):
     (["--max-lr=-1e-3"], 1, "--max-lr must be positive, got -0.001"),
     (["--warmup-steps", "20"], 1, "--warmup-steps 20 is more than --max-steps 16"),
     (["--keep-checkpoints", "-1"], 1, "--keep-checkpoints can't be negative"),
+    (["--max-lr", "nan"], 1, "--max-lr must be a finite number, got nan"),
+    (["--weight-decay", "inf"], 1, "--weight-decay must be a finite number, got inf"),
+    (["--val-steps", "0"], 1, "--val-steps 0 measures no val batch"),
+    (["--vocab-size", "1024", "--sample-every", "4"], 1, "--vocab-size 1024 is smaller than GPT-2's 50,257"),
 ])
 def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
     """Flag values that can't work are refused before anything is read or written."""
@@ -457,6 +467,46 @@ def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):
         train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--n-layer", "3", "--resume"])
     assert "belongs to a different run: it has --n-layer 2 (now 3)" in str(e.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_past_max_steps(corpus_shards, run_dir, tmp_path):
+    """--resume with a --max-steps below the checkpoint's step stops with one line, instead of doing nothing
+    and exiting as if it had trained; nothing changes."""
+    out = copy_run(run_dir, tmp_path)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--max-steps", "12",
+                        "--resume"])
+    assert str(e.value) == f"error: {out / 'ckpt_000016.pt'} is at step 16, past --max-steps 12: nothing to do"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_on_shorter_shards(corpus_shards, run_dir, tmp_path):
+    """A checkpoint's place in the data past the end of today's shard (the shards made again, smaller) is
+    refused with one line, not a reshape error from torch."""
+    out, data = copy_run(run_dir, tmp_path), tmp_path / "data"
+    shutil.copytree(corpus_shards, data)
+    for path in data.glob("train_*.bin"):
+        write_shard(str(path), np.zeros(600, dtype=np.uint16))  # room for 2 batches of 4 x 64, not the saved place
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(data), "--out-dir", str(out), "--max-steps", "20", "--resume"])
+    assert "at token" in str(e.value) and str(e.value).endswith("resume with the same data")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_takes_the_optimizer_settings_of_its_flags(corpus_shards, run_dir, tmp_path, monkeypatch):
+    """A resumed run's weight decay is that of its flags (and its log), not the checkpoint's."""
+    out, seen = copy_run(run_dir, tmp_path), []
+    step = train_gpt.train_step
+
+    def spy(**kw):
+        seen.append([group["weight_decay"] for group in kw["optimizer"].param_groups])
+        return step(**kw)
+    monkeypatch.setattr(train_gpt, "train_step", spy)
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--max-steps", "18",
+                    "--weight-decay", "0.5", "--resume"])
+    assert seen == [[0.5, 0.0]] * 2
 
 
 def test_out_dir_not_writable(corpus_shards, tmp_path):
