@@ -366,6 +366,9 @@ class ShardWriter:
     def add(self, tokens: np.ndarray) -> None:
         """The tokens of the next document (on resume: the rest of the first one)."""
         while len(tokens):
+            if self.fill == self.shard_size:
+                # written only now that more tokens follow: input of exactly one shard is split in close()
+                self._write(self.buf)
             n = min(len(tokens), self.shard_size - self.fill)  # a document may straddle two shards
             self.buf[self.fill:self.fill + n] = tokens[:n]
             self.fill += n
@@ -374,8 +377,6 @@ class ShardWriter:
             tokens = tokens[n:]
             if not len(tokens):
                 self.docs, self.doc_pos = self.docs + 1, 0
-            if self.fill == self.shard_size:
-                self._write(self.buf)
 
     def _write(self, tokens: np.ndarray, resumable: bool = True) -> None:
         path = shard_path(self.out_dir, "val" if self.index == 0 else "train", self.index)
@@ -392,7 +393,7 @@ class ShardWriter:
             # all the input fits in one shard: keep 10% for val so there is something to train on. Decided only
             # now, so the val shard is no resume point: a run killed before the train shard starts over.
             n_val = max(1, self.fill // 10)
-            print(f"the input has only {self.fill:,} tokens, less than one shard: "
+            print(f"the input has only {self.fill:,} tokens, not more than one shard: "
                   f"{n_val:,} go to val, {self.fill - n_val:,} to train")
             rest = self.buf[n_val:self.fill].copy()
             self._write(self.buf[:n_val], resumable=False)

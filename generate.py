@@ -12,6 +12,7 @@ block's keys and values (a KV cache), so a new token costs one token's forward p
 
 import argparse
 import codecs
+import os
 import sys
 
 import torch
@@ -143,4 +144,9 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # stdout was closed early (`| head`): stop quietly
+        # point stdout at devnull, or the interpreter's final flush fails again on the way out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

@@ -145,8 +145,10 @@ def test_killed_run_resumes_to_the_same_bytes(corpus_slice, corpus_shards, tmp_p
         assert "resuming" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("shard_size,max_tokens,block", [(4000, 11000, None), (5000, 3000, None), (4000, 11000, 3000)],
-                         ids=["shards", "input smaller than a shard", "jsonl read in blocks of 3000 bytes"])
+@pytest.mark.parametrize("shard_size,max_tokens,block",
+                         [(4000, 11000, None), (5000, 3000, None), (3000, 3000, None), (4000, 11000, 3000)],
+                         ids=["shards", "input smaller than a shard", "input of exactly one shard",
+                              "jsonl read in blocks of 3000 bytes"])
 def test_crash_at_every_write_resumes_to_the_same_bytes(corpus_slice, tmp_path, monkeypatch, shard_size,
                                                         max_tokens, block):
     """A run that dies during any of its writes (shard or manifest), also when the whole input is smaller
@@ -170,6 +172,19 @@ def test_crash_at_every_write_resumes_to_the_same_bytes(corpus_slice, tmp_path, 
         assert shard_bytes(out) == ref, f"crash at write {k}"
         assert sorted(p.name for p in out.glob("*.tmp")) == ["mine.tmp"]  # only its own leftovers are removed
     assert json.loads((out / fineweb.PROGRESS_FILE).read_text())["complete"] is True
+
+
+def test_input_of_exactly_one_shard_is_split_into_val_and_train(corpus_slice, tmp_path):
+    """Input of exactly one shard is split like a smaller one, 10% val and the rest train. Its full shard
+    used to be written as val at once, leaving no train shard."""
+    src = small_input(corpus_slice, tmp_path)
+    for name, shard_size in (("exact", "3000"), ("bigger", "5000")):
+        fineweb.main(["--input", str(src), "--out-dir", str(tmp_path / name), "--shard-size", shard_size,
+                      "--max-tokens", "3000", "--workers", "1"])
+    got = shard_bytes(tmp_path / "exact")
+    assert list(got) == ["train_000001.bin", "val_000000.bin"]
+    assert [len(read_shard(str(tmp_path / "exact" / n))) for n in got] == [2700, 300]
+    assert got == shard_bytes(tmp_path / "bigger")  # the same tokens as when the shard is bigger than the input
 
 
 def test_finished_job_rerun_is_a_quick_no_op(corpus_slice, corpus_shards, tmp_path, capsys):

@@ -6,13 +6,15 @@ tested in test_train.py.
 """
 
 import io
+import subprocess
+import sys
 from dataclasses import asdict
 
 import pytest
 import torch
 
 import generate
-from conftest import MODERN, TINY, random_model
+from conftest import MODERN, REPO, TINY, random_model
 from checkpoint import checkpoint_path, save_checkpoint
 from generate import sample_text
 from model import GPT, GPTConfig, KVCache, head_logits, sample_next
@@ -227,6 +229,19 @@ def test_prompt_may_fill_the_context(tmp_path):
     assert text.startswith(fill) and text != fill
     with pytest.raises(SystemExit, match="^error: the prompt is 65 tokens, the model's context is 64$"):
         generate.main([*flags, "--prompt", fill + " a"])
+
+
+@pytest.mark.slow
+def test_closed_stdout_ends_quietly(tmp_path):
+    """`generate.py ... | head -c 5`: a reader that stops early ends the sampling without a BrokenPipeError
+    traceback."""
+    out = save_model(tmp_path, GPT(TINY))
+    proc = subprocess.Popen([sys.executable, str(REPO / "generate.py"), "--checkpoint", out, "--device", "cpu",
+                             "--num-samples", "1", "--max-new-tokens", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first write: no race with how fast the tokens come
+    stderr = proc.communicate(timeout=120)[1]
+    assert "Traceback" not in stderr, stderr
 
 
 class Scripted(torch.nn.Module):

@@ -124,6 +124,15 @@ def test_plot_two_runs_with_hellaswag(tmp_path, capsys):
     assert "hellaswag acc_norm 0.2700 at step 20" in printed
 
 
+def test_out_without_extension_is_png(tmp_path, capsys):
+    """`--out p1` writes p1.png (matplotlib's default format) and prints that path, not p1."""
+    write_log(tmp_path / "run", run_records(steps=3, hellaswag=False))
+    out = plot_log.main([str(tmp_path / "run"), "--out", str(tmp_path / "p1")])
+    assert out == str(tmp_path / "p1.png")
+    assert read_png(out) == (400, 1000)
+    assert capsys.readouterr().out.rstrip().endswith(f"wrote {out}")
+
+
 @pytest.mark.parametrize("setup, argv, message", [
     (lambda d: None, ["missing"], "missing not found"),
     (lambda d: (d / "empty").mkdir(), ["empty"], "no log.jsonl in"),
