@@ -43,6 +43,7 @@ SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256  # 1 KiB header: room to grow without moving the tokens
 HEADER_BYTES = HEADER_INTS * 4
+MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32 (a shard of them is 4 GiB)
 
 INPUT_TYPES = (".txt", ".jsonl", ".parquet")  # a .jsonl is parsed here; the others are read through `datasets`
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
@@ -510,6 +511,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("shard_size", "workers"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
+    if args.shard_size > MAX_SHARD_TOKENS:
+        p.error(f"--shard-size must be at most {MAX_SHARD_TOKENS:,} (the header counts tokens in an int32)")
     if args.max_tokens < 0:
         p.error("--max-tokens must be 0 (no limit) or positive")
     return args

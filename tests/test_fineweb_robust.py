@@ -365,6 +365,22 @@ def test_bad_input_cli_no_traceback(tmp_path, content, workers, message):
     assert r.returncode == 1, r.stderr
     assert error_lines(r.stderr) == ["error: " + message.format(path=path)]
 
+@pytest.mark.parametrize("flags,message", [
+    (["--shard-size", "0"], "--shard-size must be positive"),
+    (["--workers", "-1"], "--workers must be positive"),
+    (["--max-tokens", "-5"], "--max-tokens must be 0 (no limit) or positive"),
+    (["--shard-size", str(2**31)], "--shard-size must be at most 2,147,483,647 (the header counts tokens in an int32)"),
+])
+def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
+    """A flag out of range is one argparse line (exit 2), before the out dir is made: a shard size past the
+    header's int32 would otherwise fail deep in numpy, or write a header that lies."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--input", "a.txt", "--out-dir", str(out), *flags])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("error: " + message)
+    assert not out.exists()
+
 # -----------------------------------------------------------------------------
 # 3. hostile bytes, property-based
 
