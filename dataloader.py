@@ -11,7 +11,7 @@ import os
 import numpy as np
 import torch
 
-from fineweb import ShardError, list_shards, read_shard
+from shards import ShardError, list_shards, read_shard
 
 
 class DataLoaderLite:

@@ -10,8 +10,7 @@ shards of --shard-size tokens. The first shard is the validation split (val_0000
 training data (train_000001.bin, ...). When the whole input is smaller than one shard, the first 10% of
 its tokens become the val shard and the rest one train shard.
 
-Shard format (the same as llm.c's): a header of 256 int32 -- magic 20240520, version 1, the number of
-tokens -- then the tokens as uint16. GPT-2's 50,257 ids fit in 16 bits.
+The shards, their format and how they are read: shards.py.
 
 An interrupted run (Ctrl-C, a crash, kill -9) resumes when run again with the same arguments: after each
 shard, fineweb_progress.json in the out dir records how far into the input the shards reach; the re-run
@@ -20,7 +19,6 @@ writes the same bytes an uninterrupted run writes.
 """
 
 import argparse
-import glob
 import itertools
 import json
 import logging
@@ -37,70 +35,23 @@ from tqdm import tqdm
 
 from atomic_write import atomic_write
 from errors import one_line
+from shards import MAX_SHARD_TOKENS, SHARD_NAME, ShardError, list_shards, read_shard, shard_path, write_shard
 from tokenizer import EOT, get_encoding
-
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-HEADER_INTS = 256  # 1 KiB header: room to grow without moving the tokens
-HEADER_BYTES = HEADER_INTS * 4
-MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32 (a shard of them is 4 GiB)
 
 INPUT_TYPES = (".txt", ".jsonl", ".parquet")  # a .jsonl is parsed here; the others are read through `datasets`
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 
 PROGRESS_FILE = "fineweb_progress.json"  # the resume manifest, in the out dir
 PROGRESS_FORMAT = 1
-SHARD_NAME = re.compile(r"(val|train)_\d{6}\.bin")
 TMP_FILE = re.compile(rf"({SHARD_NAME.pattern}|{re.escape(PROGRESS_FILE)})\.tmp")  # what a killed write leaves
 
 # -----------------------------------------------------------------------------
-# shard format
-
-
-class ShardError(ValueError):
-    """A shard file that isn't one, or is damaged."""
+# errors
 
 
 class InputError(Exception):
     """Input that can't be sharded. An Exception, not SystemExit: it may be raised in the thread that
     feeds the worker pool, which passes on Exceptions only."""
-
-
-def shard_path(out_dir: str, split: str, index: int) -> str:
-    return os.path.join(out_dir, f"{split}_{index:06d}.bin")
-
-
-def write_shard(path: str, tokens: np.ndarray) -> None:
-    """Write tokens (uint16) with their header, atomically: a reader never sees a partial shard."""
-    assert tokens.dtype == np.uint16
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.tobytes())
-
-
-def read_shard(path: str) -> np.ndarray:
-    """The tokens of a shard (memory-mapped, read-only), after checking its header against its size."""
-    try:
-        size = os.path.getsize(path)
-        header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    except OSError as e:
-        raise ShardError(f"cannot read shard {path}: {e.strerror}") from None
-    if len(header) < HEADER_INTS or header[0] != SHARD_MAGIC:
-        raise ShardError(f"{path} is not a token shard (bad magic number); re-create it with fineweb.py")
-    if header[1] != SHARD_VERSION:
-        raise ShardError(f"{path} has shard format version {header[1]}, this code reads version {SHARD_VERSION}")
-    n_tokens = int(header[2])
-    if size != HEADER_BYTES + 2 * n_tokens:
-        raise ShardError(f"{path} is truncated or damaged: its header says {n_tokens:,} tokens "
-                         f"but it holds {(size - HEADER_BYTES) // 2:,}")
-    return np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
-
-
-def list_shards(data_dir: str, split: str) -> list[str]:
-    """The shards of one split ("train" or "val") in data_dir, in order."""
-    return sorted(glob.glob(os.path.join(data_dir, f"{split}_*.bin")))
 
 # -----------------------------------------------------------------------------
 # documents in

@@ -30,15 +30,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, prune_checkpoints,
                         remove_partial_checkpoints, save_checkpoint)
+from dataloader import DataLoaderLite
 from device import DTYPES, autocast, autocast_dtype, configure_for_training, pick_device
 from distributed import any_process, full_state, load_full_state, same_in_every_process, setup_distributed, shard_model
 from errors import one_line
-from dataloader import DataLoaderLite
-from fineweb import ShardError
 from generate import sample_text
 from model import GPT, GPTConfig
 from optim import MuonAdamW
 from run_log import ETA, Logger, run_info, step_line
+from shards import ShardError
 from signals import StopSignals
 from tokenizer import N_VOCAB, get_encoding
 

@@ -1,6 +1,6 @@
 """python -m pytest tests/test_data.py -v
 
-Token shards (fineweb.py's writer and reader, their header checks), fineweb.py on the committed corpus and
+Token shards (shards.py's writer and reader, their header checks), fineweb.py on the committed corpus and
 other inputs, and DataLoaderLite: the target shift, rank striding, shard wrap, exact state.
 """
 
@@ -15,16 +15,16 @@ import torch
 
 import fineweb
 from conftest import REPO
-from fineweb import ShardError, list_shards, read_shard, write_shard
-from tokenizer import EOT, get_encoding
 from dataloader import DataLoaderLite
+from shards import ShardError, list_shards, read_shard, shard_path, write_shard
+from tokenizer import EOT, get_encoding
 
 
 def make_shards(tmp_path, sizes, start=0):
     """Shards of consecutive ids (start, start+1, ...), the first one val: easy to check positions."""
     n = start
     for i, size in enumerate(sizes):
-        write_shard(fineweb.shard_path(str(tmp_path), "val" if i == 0 else "train", i),
+        write_shard(shard_path(str(tmp_path), "val" if i == 0 else "train", i),
                     np.arange(n, n + size, dtype=np.uint16))
         n += size
     return tmp_path
@@ -217,7 +217,7 @@ def test_loader_leaves_out_a_shard_smaller_than_a_batch(tmp_path):
 def test_loader_stops_with_one_line_at_a_foreign_token_found_mid_run(tmp_path):
     """A token id past the vocabulary in a shard the run reaches later: one line, not a traceback from torch."""
     make_shards(tmp_path, [100, 40])
-    write_shard(fineweb.shard_path(str(tmp_path), "train", 2), np.full(40, 60000, dtype=np.uint16))
+    write_shard(shard_path(str(tmp_path), "train", 2), np.full(40, 60000, dtype=np.uint16))
     loader = DataLoaderLite(str(tmp_path), "train", 2, 8, vocab_size=50304)
     with pytest.raises(SystemExit, match=r"^error: .*train_000002.bin holds token id 60000, .*checkpoints written "
                                          r"so far are intact$"):

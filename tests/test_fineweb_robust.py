@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 import fineweb
+import shards
 from conftest import REPO
-from fineweb import HEADER_BYTES, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, InputError, ShardError, read_shard
+from fineweb import InputError
+from shards import HEADER_BYTES, HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, ShardError, read_shard
 
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
     # hypothesis' pytest plugin caches the constants of local modules in ./.hypothesis while the tests are
@@ -77,7 +79,8 @@ def crash_at_write(monkeypatch, k: int) -> None:
         with open(path + ".tmp", "r+b") as f:
             f.truncate(os.path.getsize(path + ".tmp") // 2)  # ... and cut in half by the crash, before the rename
         raise Killed
-    monkeypatch.setattr(fineweb, "atomic_write", atomic_write)
+    monkeypatch.setattr(fineweb, "atomic_write", atomic_write)  # the manifest
+    monkeypatch.setattr(shards, "atomic_write", atomic_write)  # the shards
 
 # -----------------------------------------------------------------------------
 # 1. interrupted runs resume to the same bytes

@@ -45,6 +45,14 @@ def test_nothing_imports_the_training_script():
     assert [name for name in MODULES if "train_gpt" in imports_of(name)] == []
 
 
+def test_modules_import_no_script():
+    """A module (a file without a __main__ block) imports modules only: the scripts stand above them all."""
+    scripts = {name for name in MODULES if '__name__ == "__main__"' in (REPO / f"{name}.py").read_text()}
+    assert {"train_gpt", "fineweb", "hellaswag", "generate"} <= scripts
+    assert {name: imports_of(name) & scripts for name in MODULES if name not in scripts
+            and imports_of(name) & scripts} == {}
+
+
 def test_model_is_pure():
     """model.py needs torch and the standard library only; transformers is imported inside from_pretrained."""
     tree = ast.parse((REPO / "model.py").read_text())

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-import fineweb
 import generate
 import train_gpt
 from checkpoint import latest_checkpoint, load_latest_checkpoint
 from conftest import REPO, assert_same_run, read_log
-from fineweb import write_shard
 from model import GPT
+from shards import shard_path, write_shard
 
 # the run every test here uses: 16 steps of the tiny preset, CPU, float32 (bit-reproducible)
 FLAGS = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--max-steps", "16", "--warmup-steps", "2",
@@ -371,9 +370,9 @@ def make_shards(path, n_tokens=4096, vocab=50257, val=True, train=True):
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     if val:
-        write_shard(fineweb.shard_path(str(path), "val", 0), rng.integers(0, vocab, n_tokens).astype(np.uint16))
+        write_shard(shard_path(str(path), "val", 0), rng.integers(0, vocab, n_tokens).astype(np.uint16))
     if train:
-        write_shard(fineweb.shard_path(str(path), "train", 1), rng.integers(0, vocab, n_tokens).astype(np.uint16))
+        write_shard(shard_path(str(path), "train", 1), rng.integers(0, vocab, n_tokens).astype(np.uint16))
     return path
 
 
@@ -425,11 +424,11 @@ def test_bad_data(tmp_path, case, message):
         make_shards(data, val=False)
     elif case == "small":
         make_shards(data, train=False)
-        write_shard(fineweb.shard_path(str(data), "val", 0), np.zeros(100, dtype=np.uint16))
-        write_shard(fineweb.shard_path(str(data), "train", 1), np.zeros(4096, dtype=np.uint16))
+        write_shard(shard_path(str(data), "val", 0), np.zeros(100, dtype=np.uint16))
+        write_shard(shard_path(str(data), "train", 1), np.zeros(4096, dtype=np.uint16))
     elif case.startswith("later"):  # found before the first step, not when the run reaches that shard
         make_shards(data)
-        write_shard(fineweb.shard_path(str(data), "train", 2), np.zeros(4096, dtype=np.uint16))
+        write_shard(shard_path(str(data), "train", 2), np.zeros(4096, dtype=np.uint16))
         damage_shard(data / "train_000002.bin", case.split()[1])
     elif case != "missing":
         make_shards(data)
