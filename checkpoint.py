@@ -55,7 +55,7 @@ def checkpoint_path(out_dir: str, step: int) -> str:
 def list_checkpoints(out_dir: str) -> list[str]:
     """The checkpoints (ckpt_<step>.pt) in out_dir, newest first; temporary files don't match."""
     steps = {}
-    for path in glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
+    for path in glob.glob(os.path.join(glob.escape(out_dir), "ckpt_*.pt")):  # escape: a folder named run[1]
         m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
         if m:
             steps[path] = int(m.group(1))
@@ -76,7 +76,7 @@ def prune_checkpoints(out_dir: str, keep: int) -> None:
 
 def remove_partial_checkpoints(out_dir: str) -> None:
     """Delete what a write cut short by a crash left behind (ckpt_<step>.pt.tmp)."""
-    for tmp in glob.glob(os.path.join(out_dir, "ckpt_*.pt.tmp")):
+    for tmp in glob.glob(os.path.join(glob.escape(out_dir), "ckpt_*.pt.tmp")):
         os.remove(tmp)
 
 # -----------------------------------------------------------------------------
@@ -121,6 +121,8 @@ def load_checkpoint(path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} not found") from None
+    except OSError as e:  # a path through a file (ckpt.pt/), a folder, no permission: the OS's reason
+        raise CheckpointError(f"cannot read checkpoint {path}: {os_reason(e)}") from None
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError ... for bad files
         lines = [line for line in str(e).splitlines() if line.strip()]
         unsafe = [line for line in lines if "GLOBAL" in line]

@@ -60,4 +60,4 @@ def read_shard(path: str) -> np.ndarray:
 
 def list_shards(data_dir: str, split: str) -> list[str]:
     """The shards of one split ("train" or "val") in data_dir, in order."""
-    return sorted(glob.glob(os.path.join(data_dir, f"{split}_*.bin")))
+    return sorted(glob.glob(os.path.join(glob.escape(data_dir), f"{split}_*.bin")))  # escape: a folder named data[1]

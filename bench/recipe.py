@@ -38,7 +38,7 @@ import fineweb  # noqa: E402
 
 def shard_corpus(corpus: str, out: str, shard_size: int) -> str:
     heldout = os.path.join(corpus, "heldout.jsonl")
-    train = sorted(glob.glob(os.path.join(corpus, "train_*.jsonl")))
+    train = sorted(glob.glob(os.path.join(glob.escape(corpus), "train_*.jsonl")))
     if not os.path.exists(heldout) or not train:
         raise SystemExit(f"error: {corpus} needs heldout.jsonl and train_*.jsonl")
     fineweb.main(["--input", heldout, *train, "--out-dir", out, "--shard-size", str(shard_size)])
@@ -47,7 +47,7 @@ def shard_corpus(corpus: str, out: str, shard_size: int) -> str:
 
 def train_tokens(shards: str) -> int:
     """Tokens in the training shards (uint16 each)."""
-    return sum(os.path.getsize(f) for f in glob.glob(os.path.join(shards, "train_*.bin"))) // 2
+    return sum(os.path.getsize(f) for f in glob.glob(os.path.join(glob.escape(shards), "train_*.bin"))) // 2
 
 
 def events(run_dir: str) -> list[dict]:

@@ -8,6 +8,7 @@ for a format change that old checkpoints survive (and say so in the commit).
 """
 
 import json
+import re
 
 import pytest
 import torch
@@ -46,3 +47,34 @@ def test_checkpoints_keep_the_layout_of_earlier_versions(corpus_shards, tmp_path
     got["config"] = {k: v for k, v in got["config"].items() if k in want["config"]}
     assert got == want
     load_checkpoint(str(tmp_path / name))  # and its checksum is the one the loader computes
+
+
+def test_a_run_folder_named_like_a_glob_pattern(tmp_path):
+    """A run folder whose name holds [ ] (run[1], lr=[6e-4]) is found as it is: its checkpoints were not seen,
+    so a new run there wrote over them, --resume started over, and generate.py found none."""
+    from checkpoint import checkpoint_to_resume, list_checkpoints, open_checkpoint, remove_partial_checkpoints
+    from conftest import TINY, write_model_checkpoint
+    from model import GPT
+    (tmp_path / "run1").mkdir()  # what the pattern run[1] would match
+    out = tmp_path / "run[1]"
+    out.mkdir()
+    write_model_checkpoint(out, GPT(TINY), TINY, 7)
+    (out / "ckpt_000008.pt.tmp").write_bytes(b"half")
+    assert list_checkpoints(str(out)) == [str(out / "ckpt_000007.pt")]
+    assert open_checkpoint(str(out))[1]["step"] == 7
+    with pytest.raises(SystemExit, match="holds checkpoints of an earlier run"):
+        checkpoint_to_resume(str(out), resume=False)
+    remove_partial_checkpoints(str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt_000007.pt"]
+
+
+def test_a_path_through_a_file_is_one_line(tmp_path):
+    """--checkpoint ckpt_000007.pt/ (or a path inside a file): the OS's reason, not a NotADirectoryError
+    traceback from the damaged-file diagnosis."""
+    from checkpoint import open_checkpoint
+    from conftest import TINY, write_model_checkpoint
+    from model import GPT
+    write_model_checkpoint(tmp_path, GPT(TINY), TINY, 7)
+    for path in [f"{tmp_path}/ckpt_000007.pt/", f"{tmp_path}/ckpt_000007.pt/ckpt_000001.pt"]:
+        with pytest.raises(SystemExit, match=f"^error: cannot read checkpoint {re.escape(path)}: Not a directory$"):
+            open_checkpoint(path)

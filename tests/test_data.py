@@ -169,6 +169,15 @@ def test_loader_shifts_targets_by_one(tmp_path):
     assert x[0, 0].item() == 100 and x[1, 0].item() == 108
 
 
+def test_loader_reads_a_folder_named_like_a_glob_pattern(tmp_path):
+    """A data dir such as data[1] is a name, not a pattern: its shards are found (glob would look in data1)."""
+    data = tmp_path / "data[1]"
+    data.mkdir()
+    make_shards(data, [100, 1000])
+    assert list_shards(str(data), "train") == [str(data / "train_000001.bin")]
+    assert DataLoaderLite(str(data), "train", 2, 8).next_batch()[0][0, 0].item() == 100
+
+
 def test_loader_ranks_are_disjoint(tmp_path):
     """Two ranks together read what one process reads, in turn, and never the same tokens."""
     make_shards(tmp_path, [100, 193, 193])  # 193 = 12 rounds of 2 ranks x 8 tokens, + 1 for the last target
