@@ -25,7 +25,8 @@ probabilities are normalised over 50,257 tokens instead of 50,304, which changes
 training has pushed the never-seen padding ids down.
 
 The folder is written beside --out first (OUT.tmp.XXXX) and renamed into place when complete. An existing
---out is replaced only if it is an earlier export (it holds export_info.json) or with --force.
+--out is replaced only if it is an earlier export (it holds export_info.json) or with --force, and never if it
+holds checkpoints (a training run).
 """
 
 import argparse
@@ -36,7 +37,7 @@ import shutil
 import torch
 
 from atomic_write import atomic_write, current_umask
-from checkpoint import model_from_checkpoint, open_checkpoint
+from checkpoint import list_checkpoints, model_from_checkpoint, open_checkpoint
 from errors import os_reason
 from model import CONV1D_WEIGHTS, GPT
 from tokenizer import EOT, N_VOCAB, bpe_files_dir
@@ -68,8 +69,11 @@ def is_export(path: str) -> bool:
 
 def check_out(out: str, force: bool) -> None:
     """SystemExit, before any work is done, if --out can't or shouldn't be written."""
+    out = out.rstrip("/\\") or out  # as export() writes it: "notes/" is the file notes, which it would replace
     if os.path.exists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: --out {out} is a file, not a folder")
+    if list_checkpoints(out):  # even with --force, which the error below suggests: it would delete the run
+        raise SystemExit(f"error: --out {out} holds the checkpoints of a training run: choose another folder")
     if os.path.isdir(out) and os.listdir(out) and not is_export(out) and not force:
         raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
                          "choose another folder, or pass --force to replace it")
