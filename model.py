@@ -300,13 +300,27 @@ class GPT(nn.Module):
         Goes through transformers (imported here: nothing else in this file needs it), so the hub's cache
         and its offline rules apply; its OSError for a model it can't find is passed on. The vocabulary
         stays at the checkpoint's own size (50,257 for OpenAI's): padding it would add rows nobody trained.
-        A config our blocks can't compute (another activation, an untied head, ...) is a ValueError.
+        A config our blocks can't compute (another activation, an untied head, ...), or weights that don't fit
+        it (transformers would start what is missing from random numbers), is a ValueError.
         """
         try:
             from transformers import GPT2LMHeadModel
         except ImportError:
             raise ImportError("GPT.from_pretrained needs the transformers package: pip install transformers") from None
-        hf = GPT2LMHeadModel.from_pretrained(name_or_dir)
+        try:
+            hf, info = GPT2LMHeadModel.from_pretrained(name_or_dir, output_loading_info=True)
+        except RuntimeError as e:
+            if "mismatched_sizes" not in str(e):
+                raise
+            raise ValueError(f"the weights of {name_or_dir} have other shapes than its config.json says") from None
+        except Exception as e:  # safetensors' own error, for a weights file cut short (a copy stopped half-way)
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise ValueError(f"the weights file of {name_or_dir} is damaged: {e}") from None
+        missing = sorted(k for k in info["missing_keys"] if not k.endswith((".attn.bias", ".attn.masked_bias")))
+        if missing:
+            raise ValueError(f"the weights of {name_or_dir} lack {len(missing)} tensors its config.json calls for "
+                             f"(e.g. {missing[0]})")
         c = hf.config
         # what our blocks hard-code; a config that says otherwise describes a different function
         differences = {

@@ -298,6 +298,8 @@ def _is_utf8(b: bytes) -> bool:
     (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--temperature", "0"], "--temperature must be positive"),
     (["--temperature", "nan"], "--temperature must be positive"),
+    (["--temperature", "inf"], "--temperature must be positive and finite"),  # drew ids 0-49, whatever the model
+    (["--seed", str(2**64)], "--seed must fit in 64 bits"),  # was torch's ValueError traceback
     (["--top-k", "-1"], "--top-k can't be negative"),
     (["--model", "gpt2", "--checkpoint", "run1"], "not allowed with argument"),
 ])
@@ -315,3 +317,17 @@ def test_unreachable_model_is_one_line(hub_offline):
         generate.main(["--model", "gpt2", "--device", "cpu"])
     msg = str(e.value.code)
     assert msg.startswith("error: cannot load --model gpt2") and "\n" not in msg
+
+
+def test_cut_short_weights_file_is_one_line(tmp_path):
+    """--model DIR whose model.safetensors was cut short (a copy stopped half-way): one line, not safetensors'
+    SafetensorError traceback."""
+    import transformers
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=512, n_positions=16, n_embd=16, n_layer=1,
+                                                              n_head=2))
+    hf.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit, match="^error: cannot load --model .*: the weights file of .* is damaged") as e:
+        generate.main(["--model", str(tmp_path), "--device", "cpu"])
+    assert "\n" not in str(e.value)

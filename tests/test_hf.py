@@ -83,6 +83,27 @@ def test_from_pretrained_refuses_what_it_cant_compute(tmp_path, field, value):
         GPT.from_pretrained(str(tmp_path))
 
 
+@pytest.mark.parametrize("case,message", [
+    ("more layers", "the weights of .* lack 12 tensors its config.json calls for \\(e.g. transformer.h.2."),
+    ("wider", "the weights of .* have other shapes than its config.json says"),
+    ("cut short", "the weights file of .* is damaged: "),
+])
+def test_from_pretrained_refuses_weights_that_dont_fit(tmp_path, case, message):
+    """A folder whose config.json and weights disagree, or whose weights file was cut short, is a ValueError:
+    transformers would fill a missing block with random numbers and only print a note (or raise its own
+    RuntimeError, or safetensors' error)."""
+    save_random_hf(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if case == "cut short":
+        weights = tmp_path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        config.update(n_layer=3) if case == "more layers" else config.update(n_embd=64)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=message):
+        GPT.from_pretrained(str(tmp_path))
+
+
 def test_from_pretrained_without_transformers(monkeypatch):
     """Without transformers, from_pretrained says how to install it."""
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
@@ -174,6 +195,27 @@ def test_export_errors_are_one_line(run, tmp_path, case):
     assert "\n" not in str(e.value)
 
 
+def test_export_never_replaces_a_training_run(run, tmp_path):
+    """--out the run folder itself, with the --force the refusal suggests: refused, its checkpoints and log kept
+    (the export used to take the folder's place)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    write_model_checkpoint(out, run[1], train_gpt.preset_config("tiny"), 3)
+    (out / "log.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="^error: --out .* holds the checkpoints of a training run"):
+        export_hf.main(["--checkpoint", str(out), "--out", str(out), "--force"])
+    assert sorted(os.listdir(out)) == ["ckpt_000003.pt", "log.jsonl"] and os.listdir(tmp_path) == ["run"]
+
+
+def test_export_to_a_file_with_a_slash_leaves_it_alone(run, tmp_path):
+    """--out notes/, where notes is a file: refused as a file. It used to be moved aside to notes.tmp.XXXX.old,
+    the export put in its place, and the run to end with 'error: cannot write ...: Not a directory'."""
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(SystemExit, match="^error: --out .* is a file, not a folder$"):
+        export_hf.main(["--checkpoint", run[0], "--out", str(tmp_path / "notes") + "/"])
+    assert os.listdir(tmp_path) == ["notes"] and (tmp_path / "notes").read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_export_cli_error_has_no_traceback(tmp_path):
     """python export_hf.py with no checkpoint: exit status 1 and one line on stderr."""
@@ -195,7 +237,8 @@ def test_hellaswag_reads_a_hf_folder(exported, tmp_path, capsys):
     assert res["n"] == 1 and capsys.readouterr().out.strip().splitlines()[-1].startswith("n=1 acc=")
 
 
-@pytest.mark.parametrize("case", ["unknown name", "small vocabulary", "unsupported config", "no model"])
+@pytest.mark.parametrize("case", ["unknown name", "small vocabulary", "unsupported config", "weights missing",
+                                  "no model"])
 def test_hellaswag_model_errors_are_one_line(tmp_path, case):
     """--model: an unknown name, or a folder we can't evaluate, stops hellaswag.py with one line."""
     data = tmp_path / "hs.jsonl"
@@ -209,6 +252,12 @@ def test_hellaswag_model_errors_are_one_line(tmp_path, case):
     elif case == "unsupported config":
         save_random_hf(model, vocab_size=N_VOCAB, activation_function="relu")
         what = "error: the config of .* has activation_function='relu'"
+    elif case == "weights missing":
+        save_random_hf(model, vocab_size=N_VOCAB)
+        config = json.loads(open(os.path.join(model, "config.json")).read())
+        with open(os.path.join(model, "config.json"), "w") as f:
+            json.dump({**config, "n_layer": 3}, f)
+        what = "error: the weights of .* lack 12 tensors"
     else:
         os.makedirs(model)
         what = "error: cannot load a model from "
