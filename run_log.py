@@ -21,6 +21,8 @@ from dataclasses import asdict
 
 import torch
 
+from atomic_write import atomic_write
+
 
 class Logger:
     """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only)."""
@@ -55,9 +57,11 @@ class Logger:
         if metrics.get("event") in ("start", "resume"):
             id_path = os.path.join(self.out_dir, "wandb_id")
             resumed = metrics["event"] == "resume" and os.path.exists(id_path)
-            run_id = open(id_path).read().strip() if resumed else uuid.uuid4().hex[:8]
-            with open(id_path, "w") as f:
-                f.write(run_id + "\n")
+            run_id = open(id_path).read().strip() if resumed else ""
+            if not run_id:  # a new run: a new W&B run, its id written whole or not at all
+                run_id = uuid.uuid4().hex[:8]
+                with atomic_write(id_path) as tmp, open(tmp, "w") as f:
+                    f.write(run_id + "\n")
             self.wandb = wandb.init(project=self.wandb_project, name=self.wandb_name or None, id=run_id,
                                     resume="allow", dir=self.out_dir, config=metrics.get("config"))
             return
