@@ -13,7 +13,7 @@ the ending with the lowest summed loss, `acc_norm` the lowest mean loss per toke
 short endings. Chance is 0.25; OpenAI's GPT-2 124M gets acc 0.2859 and acc_norm 0.2955 this way.
 
 A row longer than the model's context (never the case for GPT-2's 1,024 tokens: the longest is 149)
-loses tokens from the left of its context: the model couldn't read them anyway.
+loses tokens from the left of its context: the model couldn't read them anyway. The script says how many.
 
 Without --data the official validation file (10,042 examples) is downloaded once into --cache-dir and
 checked. The last line printed is key=value pairs: `n=10042 acc=... acc_norm=... seconds=...`.
@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import requests
@@ -138,6 +139,8 @@ def parse_example(obj) -> dict:
         raise ValueError("'ctx' must be a non-empty string")
     if not isinstance(endings, list) or len(endings) != 4 or not all(isinstance(e, str) for e in endings):
         raise ValueError("'endings' must be a list of four strings")
+    if "" in endings:  # it would be scored as a lone space, which any model finds likely: it would win, silently
+        raise ValueError(f"ending {endings.index('') + 1} is empty")
     if type(label) is not int or not 0 <= label <= 3:  # type(): True is an int too
         raise ValueError(f"'label' must be an integer 0..3, got {label!r}")
     return {"ctx": ctx, "endings": endings, "label": label}
@@ -167,6 +170,8 @@ def load_examples(path: str, limit: int | None = None) -> list[dict]:
                 raise HellaSwagError(f"{path}:{lineno}: not UTF-8 text") from None
             except json.JSONDecodeError as e:
                 raise HellaSwagError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:  # [[[[... thousands deep: no example either
+                raise HellaSwagError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
             except ValueError as e:
                 raise HellaSwagError(f"{path}:{lineno}: {e}") from None
     if not examples:
@@ -201,16 +206,22 @@ def pack_example(example: dict, enc, block_size: int | None = None) -> tuple[lis
     return tokens, pos, seg
 
 
-def check_lengths(examples: list[dict], enc, block_size: int) -> None:
+def check_lengths(examples: list[dict], enc, block_size: int) -> int:
     """Raise HellaSwagError, naming the example, where an ending leaves no room for context in the model's
-    block_size tokens. An ending is encoded only if it has that many UTF-8 bytes (a token holds one or more):
+    block_size tokens; return how many examples are longer than that, their context to lose tokens from its
+    left. A text is encoded only if its UTF-8 bytes could make that many tokens (a token holds one or more):
     with GPT-2's 1,024-token context, none of the official set's."""
+    cut = 0
     for i, example in enumerate(examples):
-        for ending in example["endings"]:
-            text = " " + ending
+        ends = [" " + ending for ending in example["endings"]]
+        for text in ends:
             if len(text.encode()) >= block_size and len(enc.encode_ordinary(text)) >= block_size:
                 raise HellaSwagError(f"example {i + 1}: an ending of {len(enc.encode_ordinary(text))} tokens leaves "
                                      f"no room for context in the model's {block_size}-token context")
+        if len(example["ctx"].encode()) + max(len(text.encode()) for text in ends) > block_size:
+            longest = max(len(enc.encode_ordinary(text)) for text in ends)
+            cut += len(enc.encode_ordinary(example["ctx"])) + longest > block_size
+    return cut
 
 
 def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
@@ -388,6 +399,10 @@ def main(argv=None) -> dict:
         print(f"{name} | {len(examples):,} examples of {data} | device {device} | autocast {dtype} | "
               f"{torch.get_num_threads()} threads")
         enc = get_encoding()
+        cut = check_lengths(examples, enc, model.config.block_size)
+        if cut:  # scored all the same, but on less than the whole story: say so
+            print(f"warning: {cut:,} of {len(examples):,} examples are longer than the model's "
+                  f"{model.config.block_size}-token context: their contexts lose tokens from the left", file=sys.stderr)
         t0 = time.perf_counter()
         res = evaluate(model, examples, enc, device, dtype, args.batch_size, progress=True)
         seconds = time.perf_counter() - t0

@@ -70,6 +70,8 @@ GOOD = json.dumps(ITEM)
     (json.dumps(dict(ITEM, label="3")), ":1:", "'label' must be an integer 0..3"),
     (json.dumps(dict(ITEM, endings=ITEM["endings"][:3])), ":1:", "four strings"),
     (json.dumps(dict(ITEM, ctx="")), ":1:", "'ctx' must be a non-empty string"),
+    (json.dumps(dict(ITEM, endings=[*ITEM["endings"][:2], "", ITEM["endings"][3]])), ":1:", "ending 3 is empty"),
+    ("[" * 100_000 + "\n", ":1:", "not valid JSON (nested too deeply)"),
     ("[1, 2]\n", ":1:", "expected a JSON object"),
     (GOOD + "\n" + GOOD + "\n\xff\n", ":3:", "not UTF-8"),
     ("", "", "no examples (empty file)"),
@@ -369,6 +371,19 @@ def test_checkpoint_of_small_vocabulary_is_one_line(tmp_path):
     out = write_model_checkpoint(tmp_path, GPT(train_gpt.model_config(cfg)), cfg, 1)
     with pytest.raises(SystemExit, match="^error: .*ckpt_000001.pt has a vocabulary of 512 tokens, fewer than GPT-2's 50,257$"):
         hellaswag.main(["--checkpoint", str(out), "--data", str(HELLASWAG), "--limit", "1", "--device", "cpu"])
+
+
+def test_cli_says_how_many_contexts_are_cut(tmp_path, capsys):
+    """Examples longer than the model's context are scored with their context cut from the left: the script
+    says how many, rather than report an accuracy over cut stories as if they were whole."""
+    import train_gpt
+    cfg = train_gpt.preset_config("tiny")  # a 64-token context
+    out = write_model_checkpoint(tmp_path, GPT(train_gpt.model_config(cfg)), cfg, 1)
+    data = write_jsonl(tmp_path / "hs.jsonl", [ITEM, dict(ITEM, ctx=" ".join([ITEM["ctx"]] * 8)), ITEM])
+    res = hellaswag.main(["--checkpoint", str(out), "--data", data, "--device", "cpu"])
+    assert res["n"] == 3
+    assert ("warning: 1 of 3 examples are longer than the model's 64-token context: their contexts lose tokens "
+            "from the left\n") in capsys.readouterr().err
 
 
 def test_cli_prints_key_values_last(checkpoint_dir, capsys):
