@@ -145,9 +145,13 @@ def summary(label: str, log: dict) -> list[str]:
         line += f", {len(log['skipped_step'])} skipped steps"
     lines = [line]
     if log["val_loss"]:
-        best = min(range(len(log["val_loss"])), key=lambda i: log["val_loss"][i])  # first of equal values
-        lines.append(f"  val loss {log['val_loss'][-1]:.4f} at step {log['val_step'][-1]}, "
-                     f"best {log['val_loss'][best]:.4f} at step {log['val_step'][best]}")
+        # a NaN is neither lower nor higher than anything: as the first value min() would keep it as the best
+        finite = [i for i, v in enumerate(log["val_loss"]) if math.isfinite(v)]
+        val_line = f"  val loss {log['val_loss'][-1]:.4f} at step {log['val_step'][-1]}"
+        if finite:
+            best = min(finite, key=lambda i: log["val_loss"][i])  # first of equal values
+            val_line += f", best {log['val_loss'][best]:.4f} at step {log['val_step'][best]}"
+        lines.append(val_line)
     if log["hellaswag_step"]:
         lines.append(f"  hellaswag acc_norm {log['hellaswag_acc_norm'][-1]:.4f} at step {log['hellaswag_step'][-1]}")
     return lines
@@ -237,6 +241,8 @@ def main(argv=None) -> str:
     for label, log in runs:
         print("\n".join(summary(label, log)))
     out = args.out or os.path.join(os.path.dirname(paths[0]), "plot.png")
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        out = os.path.join(out, "plot.png")  # a folder: the default name in it, not a hidden "folder/.png.png"
     if not os.path.splitext(out)[1]:
         out += ".png"  # what matplotlib would write: name that file, not the one asked for
     plot(runs, out, x=args.x, smooth=args.smooth)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import matplotlib.image
 import pytest
@@ -131,6 +132,30 @@ def test_out_without_extension_is_png(tmp_path, capsys):
     assert out == str(tmp_path / "p1.png")
     assert read_png(out) == (400, 1000)
     assert capsys.readouterr().out.rstrip().endswith(f"wrote {out}")
+
+
+def test_nan_val_loss_is_never_the_best(tmp_path, capsys):
+    """A NaN val loss (a diverged evaluation, logged as NaN) is reported as the last value, never as the best,
+    even first in the log, where min() would keep it: a NaN compares as neither lower nor higher."""
+    write_log(tmp_path / "run", [{"step": 0, "val_loss": math.nan}, {"step": 5, "val_loss": 7.5},
+                                 {"step": 10, "val_loss": 6.5}, {"step": 15, "val_loss": math.nan}])
+    plot_log.main([str(tmp_path / "run")])
+    assert "val loss nan at step 15, best 6.5000 at step 10\n" in capsys.readouterr().out
+    write_log(tmp_path / "all_nan", [{"step": 0, "val_loss": math.nan}])
+    plot_log.main([str(tmp_path / "all_nan")])
+    assert "val loss nan at step 0\n" in capsys.readouterr().out
+
+
+def test_out_folder_gets_plot_png(tmp_path, capsys):
+    """`--out plots/` (or an existing folder without the slash) writes plots/plot.png and says so, not a hidden
+    plots/.png.png while printing plots/.png."""
+    write_log(tmp_path / "run", run_records(steps=3, hellaswag=False))
+    (tmp_path / "plots").mkdir()
+    for given in (str(tmp_path / "plots") + "/", str(tmp_path / "plots")):
+        out = plot_log.main([str(tmp_path / "run"), "--out", given])
+        assert out == str(tmp_path / "plots" / "plot.png") and read_png(out) == (400, 1000)
+        assert capsys.readouterr().out.rstrip().endswith(f"wrote {out}")
+    assert sorted(os.listdir(tmp_path / "plots")) == ["plot.png"]
 
 
 @pytest.mark.parametrize("setup, argv, message", [
