@@ -37,19 +37,22 @@ def bpe_files_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def get_encoding(files_dir: str | None = None) -> tiktoken.Encoding:
-    """GPT-2's encoding (same ids as tiktoken.get_encoding("gpt2")), from local files only."""
+    """GPT-2's encoding (same ids as tiktoken.get_encoding("gpt2")), from local files only. A file missing,
+    unreadable or changed: SystemExit with one line, as bpe_files_dir's (every script needs the encoding)."""
     files_dir = files_dir or bpe_files_dir()
     vocab_bpe = os.path.join(files_dir, "vocab.bpe")
     encoder_json = os.path.join(files_dir, "encoder.json")
     for path in (vocab_bpe, encoder_json):
         if not os.path.isfile(path):
-            raise ValueError(f"GPT-2 BPE file not found: {path}")
+            raise SystemExit(f"error: GPT-2 BPE file not found: {path}")
     try:
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=vocab_bpe, encoder_json_file=encoder_json,
             vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256)
     except ValueError as e:
         # tiktoken raises ValueError("Hash mismatch ...") for a changed file
-        raise ValueError(f"GPT-2 BPE files in {files_dir} are not OpenAI's originals ({e})") from None
+        raise SystemExit(f"error: GPT-2 BPE files in {files_dir} are not OpenAI's originals ({e})") from None
+    except OSError as e:  # a file we can't read, or a $TIKTOKEN_CACHE_DIR tiktoken can't write: e.filename says which
+        raise SystemExit(f"error: cannot load the GPT-2 BPE files: {e.filename or files_dir}: {e.strerror}") from None
     return tiktoken.Encoding(name="gpt2", explicit_n_vocab=N_VOCAB, pat_str=r50k_pat_str,
                              mergeable_ranks=ranks, special_tokens={"<|endoftext|>": EOT})

