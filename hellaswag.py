@@ -27,6 +27,7 @@ From a training loop:
 """
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -87,6 +88,7 @@ def download(url: str, path: str, n_bytes: int, n_lines: int, timeout: float = 3
     """Stream url to path with a progress bar. Written to a temporary file, checked, then renamed: a file
     at path is always a complete, checked one."""
     hint = f"pass {flag} FILE with a local copy of hellaswag_val.jsonl"  # flag: the caller's own option
+    remove_stale_downloads(path)
     try:
         # one temporary file per process: several ranks may download at once
         with atomic_write(path, tmp=f"{path}.{os.getpid()}.tmp") as tmp:
@@ -110,6 +112,17 @@ def download(url: str, path: str, n_bytes: int, n_lines: int, timeout: float = 3
         raise HellaSwagError(f"cannot download {url}: {type(e).__name__}; {hint}") from None
     except OSError as e:
         raise HellaSwagError(f"cannot write {path}: {e.strerror}; choose another --cache-dir or {hint}") from None
+
+
+def remove_stale_downloads(path: str, age: float = 600.0) -> None:
+    """Delete what killed downloads left beside path: path.<pid>.tmp files unchanged for `age` seconds (a
+    download in progress writes every moment; a process id can't tell, as the cache may be shared by machines)."""
+    for tmp in glob.glob(glob.escape(path) + ".*.tmp"):
+        try:
+            if time.time() - os.path.getmtime(tmp) > age:
+                os.remove(tmp)
+        except OSError:  # gone already (another process cleaned it), or not ours to remove
+            pass
 
 
 def val_file(cache_dir: str | None = None, url: str | None = None, n_bytes: int = VAL_BYTES,

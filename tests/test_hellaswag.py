@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 
 import pytest
@@ -145,6 +146,22 @@ def test_wrong_download_leaves_nothing(tmp_path, server, n_bytes, n_lines, what)
     with pytest.raises(HellaSwagError, match=what):
         val_file(str(cache), url=f"{url}/val.jsonl", n_bytes=n_bytes or len(body), n_lines=n_lines)
     assert os.listdir(cache) == []
+
+
+def test_a_killed_download_is_cleaned_up_by_the_next(tmp_path, server):
+    """The temporary file of a download killed earlier (unchanged for minutes) goes at the next download; one
+    being written right now (by another process) stays."""
+    url, root, _ = server
+    body = (GOOD + "\n") * 3
+    (root / "val.jsonl").write_text(body)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, live = cache / "hellaswag_val.jsonl.123.tmp", cache / "hellaswag_val.jsonl.456.tmp"
+    stale.write_text("half a download")
+    live.write_text("a download in progress")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    val_file(str(cache), url=f"{url}/val.jsonl", n_bytes=len(body), n_lines=3)
+    assert sorted(os.listdir(cache)) == ["hellaswag_val.jsonl", live.name]
 
 
 def test_offline_or_http_error_says_pass_data(tmp_path, server):
