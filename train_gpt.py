@@ -174,6 +174,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
                  "hellaswag_limit", "sample_every", "num_samples", "sample_len", "checkpoint_every", "keep_checkpoints"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} can't be negative, got {getattr(cfg, name)}")
+    if not -2**63 <= cfg.seed < 2**64:  # what torch.manual_seed takes
+        raise ValueError(f"--seed must fit in 64 bits, got {cfg.seed}")
     if cfg.seq_len > cfg.block_size and not cfg.init_from:  # with --init-from, the context is the model's
         raise ValueError(f"--seq-len {cfg.seq_len} is longer than the model's context --block-size {cfg.block_size}")
     tokens_per_micro_step = cfg.batch_size * cfg.seq_len * world_size
@@ -370,7 +372,10 @@ def load_hellaswag(cfg: TrainConfig, enc, master: bool, world_size: int) -> list
             dist.barrier()
         path = path or hellaswag.val_file(flag="--hellaswag-data")  # the others: the copy the first one made
         examples = hellaswag.load_examples(path, cfg.hellaswag_limit or None)
-        hellaswag.check_lengths(examples, enc, cfg.block_size)
+        cut = hellaswag.check_lengths(examples, enc, cfg.block_size)
+        if cut and master:  # scored all the same, but on less than the whole story: say so once
+            print(f"note: {cut:,} of {len(examples):,} HellaSwag examples are longer than the model's "
+                  f"{cfg.block_size}-token context: their contexts lose tokens from the left")
         return examples
     except hellaswag.HellaSwagError as e:
         raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
@@ -412,22 +417,15 @@ def write_checkpoint(step: int, *, events_done: bool, cfg: TrainConfig, model: G
     return path
 
 
-def resume(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, loader: DataLoaderLite, logger: Logger,
-           device: str, world_size: int) -> tuple[int, bool, bool]:
-    """(first step, whether its evaluations are done, whether the run is resumed): (0, False, False) for a new
-    run. With --resume, the state of the latest good checkpoint in --out-dir is loaded (model, optimizer,
-    data position, RNG) and the log cut back to where it was written. Anything that doesn't match stops the
-    run with one line, before anything is changed."""
-    found = checkpoint_to_resume(cfg.out_dir, cfg.resume)  # (path, contents) or None
+def check_resume(cfg: TrainConfig, found: tuple[str, dict] | None, device: str, world_size: int) -> None:
+    """Stop with one line, before anything slow (data, HellaSwag, the model) is loaded and before anything is
+    changed, if the checkpoint found to continue (checkpoint_to_resume) doesn't fit this run."""
     # each process reads --out-dir itself: on several machines it must be a folder they share
     if not same_in_every_process(found[1]["step"] if found else -1, device):
         raise SystemExit(f"error: the processes found different checkpoints in --out-dir {cfg.out_dir}: on "
                          "several machines, make it a folder they all share; nothing was changed")
     if not found:
-        if cfg.resume and logger.enabled:
-            print(f"no checkpoint in {cfg.out_dir} yet: starting a new run")
-        logger.truncate(0)  # a new run, a new log
-        return 0, False, False
+        return
     path, ckpt = found
     mismatched = [k for k in RESUME_FIELDS if saved_config(ckpt, k) != getattr(cfg, k)]
     if mismatched:
@@ -440,6 +438,19 @@ def resume(cfg: TrainConfig, model: GPT, optimizer: torch.optim.Optimizer, loade
                          "number); nothing was changed")
     if ckpt["step"] > cfg.max_steps:
         raise SystemExit(f"error: {path} is at step {ckpt['step']}, past --max-steps {cfg.max_steps}: nothing to do")
+
+
+def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimizer: torch.optim.Optimizer,
+           loader: DataLoaderLite, logger: Logger, device: str) -> tuple[int, bool, bool]:
+    """(first step, whether its evaluations are done, whether the run is resumed): (0, False, False) for a new
+    run. With --resume, the state of the checkpoint found (checked by check_resume) is loaded (model,
+    optimizer, data position, RNG) and the log cut back to where it was written."""
+    if not found:
+        if cfg.resume and logger.enabled:
+            print(f"no checkpoint in {cfg.out_dir} yet: starting a new run")
+        logger.truncate(0)  # a new run, a new log
+        return 0, False, False
+    path, ckpt = found
     load_full_state(model, optimizer, ckpt, cfg.fsdp)
     try:
         loader.load_state_dict(ckpt["train_loader"])
@@ -525,8 +536,11 @@ def main(argv=None) -> None:
     dtype = autocast_dtype(device_type, cfg.dtype)  # of the forward passes; weights and updates stay float32
     configure_for_training(device_type)
     torch.manual_seed(cfg.seed)
+    # the checkpoint to continue, first: a forgotten --resume or another run's checkpoint stops before anything slow
+    found = checkpoint_to_resume(cfg.out_dir, cfg.resume)  # (path, contents), or None: a new run
     # with --init-from the model's shape is the pretrained one's: set in cfg before the data and model read it
     pretrained = load_pretrained(cfg, master, world_size) if cfg.init_from else None
+    check_resume(cfg, found, device, world_size)  # after --init-from has set the model's shape
     logger = Logger(cfg.out_dir, master, cfg.wandb, cfg.wandb_run)  # creates --out-dir, or stops if it can't be written
     if master:
         remove_partial_checkpoints(cfg.out_dir)  # what a crash left half-written
@@ -540,7 +554,7 @@ def main(argv=None) -> None:
     # model, optimizer, and the state of a run to continue
     model, train_model = build_model(cfg, device, world_size, pretrained)
     optimizer = configure_optimizer(model, cfg, device_type)
-    start_step, events_done, resumed = resume(cfg, model, optimizer, train_loader, logger, device, world_size)
+    start_step, events_done, resumed = resume(cfg, found, model, optimizer, train_loader, logger, device)
     save = partial(write_checkpoint, cfg=cfg, model=model, optimizer=optimizer, loader=train_loader, logger=logger,
                    device=device, world_size=world_size)
     logger.log(start_step, event="resume" if resumed else "start", **run_info(cfg, device, world_size))
@@ -556,7 +570,7 @@ def main(argv=None) -> None:
             last_step = step == cfg.max_steps
             if not last_step and signals.stop(device):  # Ctrl-C or SIGTERM: a checkpoint, then out
                 logger.log(step, event="stop", signal=signals.name)
-                path = save(step, events_done=False)
+                path = save(step, events_done=step == start_step and events_done)  # a resumed first step: done
                 print0(f"stopped by {signals.name} before step {step}: {path} written, continue with --resume")
                 stopped = True
                 break

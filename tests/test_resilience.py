@@ -208,6 +208,20 @@ def test_ctrl_c_in_the_last_step_lets_the_run_finish(corpus_shards, tmp_path, mo
     assert (tmp_path / "ckpt_000008.pt").exists() and not any(e.get("event") == "stop" for e in read_log(tmp_path))
 
 
+def test_signal_before_a_resumed_first_step_keeps_its_evaluations_done(corpus_shards, run_dir, tmp_path, monkeypatch):
+    """A resumed run stopped by a signal before its first step writes that step's checkpoint again, still
+    saying its evaluations are done: the next resume doesn't log the step's val loss and samples twice."""
+    out = copy_run(run_dir, tmp_path)
+    for step in (12, 16):
+        (out / f"ckpt_{step:06d}.pt").unlink()
+    with monkeypatch.context() as m:
+        m.setattr(train_gpt.StopSignals, "stop", lambda self, device: True)  # a SIGTERM before the first step
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+    assert load_latest_checkpoint(str(out))[1]["events_done"]
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+    assert [e["step"] for e in read_log(out) if "val_loss" in e] == [0, 4, 8, 12, 16]
+
+
 @pytest.fixture(scope="module")
 def run_dir(corpus_shards, tmp_path_factory):
     """The run of FLAGS, in this process: checkpoints at steps 4, 8, 12 and 16."""
@@ -450,6 +464,7 @@ def test_bad_data(tmp_path, case, message):
     (["--max-lr", "nan"], 1, "--max-lr must be a finite number, got nan"),
     (["--weight-decay", "inf"], 1, "--weight-decay must be a finite number, got inf"),
     (["--val-steps", "0"], 1, "--val-steps 0 measures no val batch"),
+    (["--seed", str(2**64)], 1, "--seed must fit in 64 bits, got 18446744073709551616"),
     (["--vocab-size", "1024", "--sample-every", "4"], 1, "--vocab-size 1024 is smaller than GPT-2's 50,257"),
 ])
 def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
@@ -466,6 +481,21 @@ def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):
         train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--n-layer", "3", "--resume"])
     assert "belongs to a different run: it has --n-layer 2 (now 3)" in str(e.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    ([], "holds checkpoints of an earlier run: continue it with --resume"),
+    (["--resume", "--n-layer", "3"], "belongs to a different run: it has --n-layer 2 (now 3)"),
+    (["--resume", "--max-steps", "12"], "is at step 16, past --max-steps 12"),
+])
+def test_checkpoint_refused_before_anything_slow(run_dir, tmp_path, flags, message):
+    """A forgotten --resume, or a checkpoint that doesn't fit the flags, is the error: found before the data,
+    HellaSwag (a download without --hellaswag-data) or the model are loaded, whose errors would hide it."""
+    out = copy_run(run_dir, tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(tmp_path / "nowhere"), "--out-dir", str(out),
+                        "--hellaswag-every", "4", "--hellaswag-data", str(tmp_path / "missing.jsonl"), *flags])
+    assert message in str(e.value)
 
 
 def test_resume_past_max_steps(corpus_shards, run_dir, tmp_path):

@@ -108,6 +108,20 @@ def test_compile_keeps_val_hellaswag_and_samples(corpus_shards, tmp_path, capsys
     assert "eta" in capsys.readouterr().out
 
 
+def test_hellaswag_contexts_cut_to_the_model_are_counted(capsys):
+    """A model whose context is shorter than some HellaSwag examples (tiny's 64 tokens) scores them with their
+    contexts cut from the left: the run says how many, once, when it reads the examples."""
+    cfg = train_gpt.preset_config("tiny")
+    cfg.hellaswag_every, cfg.hellaswag_data, cfg.hellaswag_limit = 10, str(HELLASWAG), 50
+    enc = get_encoding()
+    examples = train_gpt.load_hellaswag(cfg, enc, master=True, world_size=1)
+    cut = sum(len(enc.encode_ordinary(ex["ctx"])) + max(len(enc.encode_ordinary(" " + e)) for e in ex["endings"]) > 64
+              for ex in examples)  # context + its longest ending past the model's 64 tokens
+    assert 0 < cut < 50
+    assert capsys.readouterr().out.strip() == (f"note: {cut} of 50 HellaSwag examples are longer than the model's "
+                                               "64-token context: their contexts lose tokens from the left")
+
+
 def test_format_duration():
     """The ETA reads as hours and minutes, minutes and seconds, or seconds."""
     assert format_duration(3725) == "1h02m"
