@@ -35,6 +35,8 @@ class DataLoaderLite:
         sizes = [len(read_shard(path)) for path in paths]
         self.shards = [path for path, n in zip(paths, sizes) if n >= self.round_tokens + 1]
         self.skipped = [path for path in paths if path not in self.shards]
+        # rounds of batches before it wraps: a round needs round_tokens + 1 tokens (the last target)
+        self.rounds = sum((n - 1) // self.round_tokens for n in sizes if n >= self.round_tokens + 1)
         if not self.shards:
             raise ShardError(f"{paths[0]} holds {sizes[0]:,} tokens, fewer than one batch "
                              f"({B} x {T} x {world_size} processes + 1)")

@@ -244,6 +244,9 @@ def make_loaders(cfg: TrainConfig, rank: int, world_size: int) -> tuple[DataLoad
         raise SystemExit(f"error: {e}") from None
     for path in (loaders[0].skipped + loaders[1].skipped) if rank == 0 else []:
         print(f"note: {path} left out: it holds fewer tokens than one batch")
+    if rank == 0 and cfg.val_every and math.ceil(cfg.val_steps / world_size) > loaders[1].rounds:
+        print(f"note: the val shards hold {loaders[1].rounds * world_size:,} batches of {cfg.batch_size} x "
+              f"{cfg.seq_len}: the {cfg.val_steps} of --val-steps read some of them twice")
     return loaders
 
 # -----------------------------------------------------------------------------

@@ -221,6 +221,7 @@ def test_loader_leaves_out_a_shard_smaller_than_a_batch(tmp_path):
     assert [os.path.basename(p) for p in loader.skipped] == ["train_000002.bin"]
     firsts = [loader.next_batch()[0][0, 0].item() for _ in range(6)]
     assert firsts == [100, 116, 150, 166, 100, 116]
+    assert loader.rounds == 4  # batches before it wraps
 
 
 def test_loader_stops_with_one_line_at_a_foreign_token_found_mid_run(tmp_path):

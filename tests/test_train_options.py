@@ -122,6 +122,17 @@ def test_hellaswag_contexts_cut_to_the_model_are_counted(capsys):
                                                "64-token context: their contexts lose tokens from the left")
 
 
+@pytest.mark.parametrize("val_steps,note", [(63, False), (64, True)])
+def test_val_steps_past_the_val_shards_are_noted(corpus_shards, capsys, val_steps, note):
+    """More --val-steps than the val shards hold batches: val loss reads some twice, and the run says so."""
+    cfg = train_gpt.preset_config("tiny")
+    cfg.data_dir, cfg.val_steps = str(corpus_shards), val_steps
+    train_loader, val_loader = train_gpt.make_loaders(cfg, rank=0, world_size=1)
+    assert val_loader.rounds == 63  # the val shard's 16,384 tokens: 63 batches of 4 x 64 (+1 for the last target)
+    out = capsys.readouterr().out
+    assert ("note: the val shards hold 63 batches of 4 x 64: the 64 of --val-steps read some of them twice" in out) == note
+
+
 def test_format_duration():
     """The ETA reads as hours and minutes, minutes and seconds, or seconds."""
     assert format_duration(3725) == "1h02m"
