@@ -35,11 +35,16 @@ def setup_distributed(device: str, fsdp: bool = False) -> tuple[int, int]:
 
 def any_process(flag: bool, device: str) -> bool:
     """Whether flag is true in any process (all of them must call it): the processes decide together."""
+    return bool(largest(int(flag), device))
+
+
+def largest(value: int, device: str) -> int:
+    """The largest of value over the processes (all of them must call it)."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor(float(flag), device=device)
+        return value
+    t = torch.tensor(value, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def same_in_every_process(value: int, device: str) -> bool:

@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 import threading
+import time
 
-from distributed import any_process
+from distributed import largest
 
 
 class StopSignals:
@@ -22,6 +23,7 @@ class StopSignals:
 
     def __init__(self):
         self.received: int | None = None
+        self._first_at = 0.0  # when it came (time.monotonic())
         self._previous = {}
 
     def __enter__(self):
@@ -36,17 +38,25 @@ class StopSignals:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
+        # under torchrun one Ctrl-C reaches each process twice: from the terminal, and forwarded by torchrun a
+        # moment later. That copy is not a second Ctrl-C, or the run would exit without its checkpoint
+        if self.received is not None and "RANK" in os.environ and time.monotonic() - self._first_at < 1.0:
+            return
         if self.received is not None and signum == signal.SIGINT:
             print("\nsecond interrupt: exiting now, without a checkpoint of this step", file=sys.stderr, flush=True)
             os._exit(130)
-        self.received = signum
+        self.received, self._first_at = signum, time.monotonic()
         print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
               "(Ctrl-C again to exit at once)", file=sys.stderr, flush=True)
 
     def stop(self, device: str) -> bool:
-        """Whether to stop now; under DDP, every process stops at the same step if any one got a signal."""
-        return any_process(self.received is not None, device)
+        """Whether to stop now; under torchrun, every process stops at the same step if any one got a signal,
+        and takes it as its own (SIGTERM if one got it): all log the same and exit with the same status."""
+        agreed = largest(self.received or 0, device)
+        if agreed:
+            self.received = agreed
+        return bool(agreed)
 
     @property
     def name(self) -> str:
-        return signal.Signals(self.received or signal.SIGTERM).name  # another process's signal: SIGTERM here
+        return signal.Signals(self.received or signal.SIGTERM).name

@@ -172,3 +172,54 @@ def test_ddp_modern_trains_like_one_process(corpus_shards, tmp_path):
     train_gpt.main([*FLAGS, *flags, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path / "one")])
     train_ok(corpus_shards, tmp_path / "two", *flags)
     assert_same_training(tmp_path / "one", tmp_path / "two")
+
+
+# A process under torchrun taking signals: the terminal's Ctrl-C, then torchrun's copy of it a moment later
+# (torchrun forwards what it gets to its processes), then, a second on, a Ctrl-C pressed again
+CTRL_C_UNDER_TORCHRUN = """
+import os, signal, sys, time
+from signals import StopSignals
+with StopSignals() as signals:
+    os.kill(os.getpid(), signal.SIGINT)  # the terminal's, to every process in the foreground
+    os.kill(os.getpid(), signal.SIGINT)  # torchrun's copy
+    print("stopping with a checkpoint", flush=True)
+    time.sleep(1.1)
+    os.kill(os.getpid(), signal.SIGINT)  # pressed again
+    print("still running", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_forwarded_by_torchrun_is_not_a_second_one():
+    """One Ctrl-C reaches a process under torchrun twice, from the terminal and forwarded by torchrun: it stops
+    the run with a checkpoint; only a Ctrl-C pressed again exits at once."""
+    p = subprocess.run([sys.executable, "-c", CTRL_C_UNDER_TORCHRUN], env={**os.environ, "RANK": "0"}, cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout == "stopping with a checkpoint\n", p.stderr
+    assert p.returncode == 130 and "second interrupt: exiting now" in p.stderr
+
+
+# Two processes, where a Ctrl-C reaches process 1 only (kill -INT of its pid)
+CTRL_C_TO_ONE_PROCESS = """
+import os, signal
+import torch.distributed as dist
+from signals import StopSignals
+dist.init_process_group("gloo")
+with StopSignals() as signals:
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    print(f"process {dist.get_rank()}: stop {signals.stop('cpu')}, {signals.name}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_is_every_process_signal(tmp_path):
+    """A Ctrl-C to one process stops them all, each logging SIGINT (not SIGTERM) and exiting with its status."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_TO_ONE_PROCESS)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(p.stdout.splitlines()) == ["process 0: stop True, SIGINT", "process 1: stop True, SIGINT"]
