@@ -24,6 +24,32 @@ import torch
 from atomic_write import atomic_write
 
 
+_LOCKED = {}  # log path -> the open file through which this process holds its lock
+
+
+def lock_log(path: str) -> bool:
+    """Lock path (a log) for this process, until finish() or its exit; False if another process holds it.
+    True where the OS or the file system has no such locks (Windows, some network file systems)."""
+    key = os.path.realpath(path)
+    if key in _LOCKED:  # this process already holds it (train_gpt.main run twice in one process)
+        return True
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return False
+    except OSError:  # a file system without locks: run unguarded, as before
+        f.close()
+        return True
+    _LOCKED[key] = f
+    return True
+
+
 class Logger:
     """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only)."""
 
@@ -38,8 +64,14 @@ class Logger:
                 os.makedirs(out_dir, exist_ok=True)
                 with open(self.path, "a"):  # can we write there at all? Better to know before training
                     pass
+                locked = lock_log(self.path)
             except OSError as e:
                 raise SystemExit(f"error: cannot write to --out-dir {out_dir}: {e.strerror}") from None
+            # one run at a time: a second would delete the first's half-written checkpoint, cut its log back and
+            # write over its checkpoints
+            if not locked:
+                raise SystemExit(f"error: another run is writing to --out-dir {out_dir} (its log.jsonl is locked): "
+                                 "wait for it to end, or choose another --out-dir")
 
     def log(self, step: int, **metrics) -> None:
         if not self.enabled:
@@ -74,12 +106,15 @@ class Logger:
             self.wandb.log(data, step=step)
 
     def finish(self) -> None:
-        """Close the W&B run, if any (the log itself needs nothing)."""
+        """Close the W&B run, if any, and let another run have the log."""
         if self.wandb is not None:
             import wandb
             self.wandb.finish()
             wandb.teardown()  # wait for W&B's service to write everything out (else only at the process's exit)
             self.wandb = None
+        held = _LOCKED.pop(os.path.realpath(self.path), None)
+        if held:
+            held.close()  # closing the file releases its lock
 
     def size(self) -> int:
         return os.path.getsize(self.path) if os.path.exists(self.path) else 0

@@ -620,4 +620,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before the loop (whose own handler takes it) or after: no traceback
+        raise SystemExit(130) from None

@@ -8,6 +8,7 @@ train_gpt.py gets one clear line.
 import json
 import os
 import random
+import runpy
 import shutil
 import signal
 import subprocess
@@ -536,6 +537,40 @@ def test_resume_takes_the_optimizer_settings_of_its_flags(corpus_shards, run_dir
     train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--max-steps", "18",
                     "--weight-decay", "0.5", "--resume"])
     assert seen == [[0.5, 0.0]] * 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl on Windows: runs there are not guarded")
+def test_a_second_run_in_the_same_out_dir_is_refused(corpus_shards, run_dir, tmp_path):
+    """While a run writes --out-dir (its log.jsonl locked), another run there stops at once with one line and
+    touches nothing: not the first run's log, its checkpoints, or the half-written one it is writing."""
+    import fcntl
+    out = copy_run(run_dir, tmp_path)
+    (out / "ckpt_000020.pt.tmp").write_bytes(b"the first run's checkpoint, half written")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with open(out / "log.jsonl", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first run (another open file: the same as another process)
+        with pytest.raises(SystemExit) as e:
+            train_gpt.main([*FLAGS, "--max-steps", "20", "--data-dir", str(corpus_shards), "--out-dir", str(out),
+                            "--resume"])
+    assert str(e.value.code) == (f"error: another run is writing to --out-dir {out} (its log.jsonl is locked): "
+                                 "wait for it to end, or choose another --out-dir")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    train_gpt.main([*FLAGS, "--max-steps", "20", "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+    assert (out / "ckpt_000020.pt").exists()  # once the first run is gone, the lock is free
+
+
+def test_ctrl_c_before_the_loop_exits_without_a_traceback(tmp_path, monkeypatch):
+    """Ctrl-C while the run starts (before the loop's own handler): exit status 130, not KeyboardInterrupt's
+    traceback (from every process, under torchrun)."""
+    import device
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(device, "pick_device", interrupted)  # the script's fresh import takes this one
+    monkeypatch.setattr(sys, "argv", ["train_gpt.py", *FLAGS, "--out-dir", str(tmp_path / "run")])
+    with pytest.raises(BaseException) as e:  # without the fix, a KeyboardInterrupt: caught here, not by pytest
+        runpy.run_path(str(REPO / "train_gpt.py"), run_name="__main__")
+    assert type(e.value) is SystemExit and e.value.code == 130
 
 
 def test_out_dir_not_writable(corpus_shards, tmp_path):
