@@ -477,6 +477,7 @@ def main(argv=None) -> list[str]:
     job = job_fingerprint(args)
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise SystemExit(f"error: --out-dir {args.out_dir} is a file, not a folder")
+    made = not os.path.exists(args.out_dir)  # by this run: removed again if it fails before any shard
     try:
         os.makedirs(args.out_dir, exist_ok=True)
         done, complete = resume_point(args.out_dir, job)
@@ -515,6 +516,8 @@ def main(argv=None) -> list[str]:
             raise InputError("the input holds no text")
         writer.close()
     except InputError as e:
+        if made and not writer.shards:  # a folder with a manifest alone would look like shards to come
+            _remove_empty(args.out_dir)
         raise SystemExit(f"error: {e}") from None
     except OSError as e:  # the documents' own errors are InputErrors: this is the out dir
         raise SystemExit(f"error: cannot write to {args.out_dir}: {e.strerror or e}") from None
@@ -536,6 +539,15 @@ def main(argv=None) -> list[str]:
 
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which stops the pool
+
+
+def _remove_empty(out_dir: str) -> None:
+    """Remove out_dir if it holds nothing but the manifest."""
+    try:
+        os.remove(os.path.join(out_dir, PROGRESS_FILE))
+        os.rmdir(out_dir)  # fails, and is left, if anything else is in it
+    except OSError:
+        pass
 
 
 def _warn_stale(out_dir: str, written: list[str]) -> None:

@@ -414,7 +414,7 @@ def main(argv=None) -> dict:
         enc = get_encoding()
         cut = check_lengths(examples, enc, model.config.block_size)
         if cut:  # scored all the same, but on less than the whole story: say so
-            print(f"warning: {cut:,} of {len(examples):,} examples are longer than the model's "
+            print(f"note: {cut:,} of {len(examples):,} examples are longer than the model's "
                   f"{model.config.block_size}-token context: their contexts lose tokens from the left", file=sys.stderr)
         t0 = time.perf_counter()
         res = evaluate(model, examples, enc, device, dtype, args.batch_size, progress=True)

@@ -2,7 +2,7 @@
 Train a GPT-2 style model on token shards written by fineweb.py.
 
     python train_gpt.py                                   # the reference run: `seed` preset, ~16M params
-    python train_gpt.py --preset tiny --max-steps 100     # a quick run on a laptop CPU
+    python train_gpt.py --preset tiny --max-steps 200     # a quick run on a laptop CPU
     python train_gpt.py --resume                          # continue the latest checkpoint in --out-dir
     python train_gpt.py --recipe modern                   # rotary, QK-norm, ReLU², Muon, WSD (docs/recipes.md)
     torchrun --standalone --nproc_per_node=8 train_gpt.py --preset gpt2          # 8 GPUs (docs/distributed.md)
@@ -214,7 +214,8 @@ def parse_config(argv=None) -> TrainConfig:
     choices = {"preset": tuple(PRESETS), "recipe": tuple(RECIPES)}
     for f in fields(TrainConfig):  # one flag per field: --max-steps for max_steps, its type from the default
         default = getattr(defaults, f.name)
-        kw = dict(default=default, help=f.metadata["help"] + " (default: %(default)s)")
+        shown = " (default: %(default)s)" if default != "" else ""  # an empty default: the help says what it means
+        kw = dict(default=default, help=f.metadata["help"] + shown)
         if isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction  # --resume / --no-resume
         else:
@@ -433,7 +434,10 @@ def check_resume(cfg: TrainConfig, found: tuple[str, dict] | None, device: str, 
     mismatched = [k for k in RESUME_FIELDS if saved_config(ckpt, k) != getattr(cfg, k)]
     if mismatched:
         diff = ", ".join(f"--{k.replace('_', '-')} {saved_config(ckpt, k)} (now {getattr(cfg, k)})" for k in mismatched)
-        raise SystemExit(f"error: {path} belongs to a different run: it has {diff}")
+        preset = saved_config(ckpt, "preset")
+        started = f" (started with --preset {preset})" if preset != cfg.preset else ""
+        raise SystemExit(f"error: {path} belongs to a different run{started}: it has {diff}; resume it with the "
+                         "command that started it, plus --resume")
     written_by = ckpt.get("world_size", 1)  # older checkpoints: always one process
     if written_by != world_size:
         raise SystemExit(f"error: {path} was written by {written_by} process(es), this run has {world_size}: "
@@ -574,7 +578,7 @@ def main(argv=None) -> None:
             if not last_step and signals.stop(device):  # Ctrl-C or SIGTERM: a checkpoint, then out
                 logger.log(step, event="stop", signal=signals.name)
                 path = save(step, events_done=step == start_step and events_done)  # a resumed first step: done
-                print0(f"stopped by {signals.name} before step {step}: {path} written, continue with --resume")
+                print0(f"stopped by {signals.name} before step {step}: {path} written; to continue, run the same command with --resume")
                 stopped = True
                 break
             # once in a while: evaluate, sample, checkpoint. A resumed run's first step did these before it stopped

@@ -150,7 +150,8 @@ def test_fineweb_bad_input_type(tmp_path):
 
 @pytest.mark.slow
 def test_fineweb_offline_hub_says_use_input(tmp_path):
-    """Without the hub, the default source fails with one line that points to --input."""
+    """Without the hub, the default source fails with one line that points to --input, and leaves no out dir
+    (one with a manifest alone would send train_gpt.py's user back to `python fineweb.py`)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, str(REPO / "fineweb.py"), "--out-dir", str(tmp_path / "out")],
                        capture_output=True, text=True, env=env, timeout=120)
@@ -158,6 +159,7 @@ def test_fineweb_offline_hub_says_use_input(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "--input" in last
     assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_loader_shifts_targets_by_one(tmp_path):

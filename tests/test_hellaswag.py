@@ -399,7 +399,7 @@ def test_cli_says_how_many_contexts_are_cut(tmp_path, capsys):
     data = write_jsonl(tmp_path / "hs.jsonl", [ITEM, dict(ITEM, ctx=" ".join([ITEM["ctx"]] * 8)), ITEM])
     res = hellaswag.main(["--checkpoint", str(out), "--data", data, "--device", "cpu"])
     assert res["n"] == 3
-    assert ("warning: 1 of 3 examples are longer than the model's 64-token context: their contexts lose tokens "
+    assert ("note: 1 of 3 examples are longer than the model's 64-token context: their contexts lose tokens "
             "from the left\n") in capsys.readouterr().err
 
 

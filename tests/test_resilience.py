@@ -151,7 +151,7 @@ def test_sigterm_stops_cleanly_and_resumes(corpus_shards, reference, tmp_path):
     assert p.returncode == 0, err
     assert "SIGTERM: stopping after this step" in err
     stop = [e for e in read_log(out) if e.get("event") == "stop"]
-    assert len(stop) == 1 and f"continue with --resume" in stdout
+    assert len(stop) == 1 and "to continue, run the same command with --resume" in stdout
     assert latest_checkpoint(str(out)).endswith(f"ckpt_{stop[0]['step']:06d}.pt")
     p = run_child(tmp_path, corpus_shards, out, "--resume")
     _, err = p.communicate(timeout=120)
@@ -487,6 +487,8 @@ def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):
 @pytest.mark.parametrize("flags,message", [
     ([], "holds checkpoints of an earlier run: continue it with --resume"),
     (["--resume", "--n-layer", "3"], "belongs to a different run: it has --n-layer 2 (now 3)"),
+    (["--resume", "--preset", "seed"], "belongs to a different run (started with --preset tiny): it has --n-layer 2 "
+                                       "(now 4)"),
     (["--resume", "--max-steps", "12"], "is at step 16, past --max-steps 12"),
 ])
 def test_checkpoint_refused_before_anything_slow(run_dir, tmp_path, flags, message):
