@@ -435,9 +435,7 @@ class GPT(nn.Module):
                 x = idx[:, -block_size:]  # crop to the context the model can read
             h = self.hidden_states(x, cache=cache)[:, -1, :]  # (B, C): only the last position predicts
             logits = head_logits(h, self.lm_head.weight, self.config.logit_softcap)  # (B, vocab_size)
-            if temperature != 1.0:  # the division alone is 4% of a bfloat16 step on a CPU
-                logits = logits / temperature
-            idx_next = sample_next(logits, top_k, top_p, n_vocab, generator)  # (B, 1)
+            idx_next = sample_next(logits, top_k, top_p, n_vocab, generator, temperature)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             x = idx_next
             yield idx_next
@@ -631,13 +629,19 @@ class HeadLoss(torch.autograd.Function):
 
 
 def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
-                n_vocab: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row of logits (B, vocab), drawn from the softmax after the filters. Returns (B, 1)."""
+                n_vocab: int | None = None, generator: torch.Generator | None = None,
+                temperature: float = 1.0) -> torch.Tensor:
+    """One token id per row of logits (B, vocab), drawn from the softmax of logits / temperature after the
+    filters. Returns (B, 1)."""
     if n_vocab is not None:
         logits = logits[:, :n_vocab]  # the padding ids: no text contains them
     ids = None  # the candidates' token ids, most likely first (None: every token, in vocabulary order)
     if top_k is not None:  # from here on the softmax and its sums read k numbers per row, not the vocabulary
         logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))
+    # divided after top_k: the same k tokens at any temperature (a huge one would round every logit to 0, and
+    # top_k would then keep the first ids), and k numbers to divide instead of the vocabulary
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_p is not None and top_p < 1.0:
         if ids is None:
             logits, ids = torch.sort(logits, dim=-1, descending=True)

@@ -101,6 +101,15 @@ def test_temperature_divides_the_logits(temperature):
     assert not torch.equal(got, hotter)  # the draws do depend on the temperature
 
 
+def test_top_k_keeps_the_likeliest_at_any_temperature():
+    """The top k are the k likeliest tokens even at a temperature that rounds every logit / temperature to 0
+    in float32 (then drawn evenly), not the first k ids."""
+    logits = torch.arange(10.0).repeat(1000, 1)  # token 9 likeliest
+    drawn = sample_next(logits, top_k=2, temperature=1e300, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.unique().tolist()) == {8, 9}
+    assert abs((drawn == 9).float().mean().item() - 0.5) < 0.05
+
+
 def test_top_p_keeps_the_nucleus():
     """top_p keeps the fewest most likely tokens whose probabilities reach p, and samples only those."""
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
