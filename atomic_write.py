@@ -9,8 +9,8 @@ new one, never half of it: write to a temporary name beside it, flush to disk, t
     with atomic_write("hf_model", folder=True) as tmp:            # a folder: tmp is a new empty folder
         model.save_pretrained(tmp)
 
-Used for token shards and their progress file (fineweb.py), checkpoints (checkpoint.py), the HellaSwag
-download (hellaswag.py) and Hugging Face exports (export_hf.py).
+Used for token shards (shards.py) and fineweb.py's progress file, checkpoints (checkpoint.py), the HellaSwag
+download (hellaswag.py), the W&B run id (run_log.py) and Hugging Face exports (export_hf.py).
 """
 
 import os

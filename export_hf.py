@@ -127,7 +127,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, or an out dir: its latest checkpoint")
     p.add_argument("--out", required=True, help="the folder to write (created; an earlier export is replaced)")
-    p.add_argument("--force", action="store_true", help="replace --out even if it holds something else")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it holds something else (never a training run's checkpoints)")
     return p.parse_args(argv)
 
 

@@ -477,7 +477,7 @@ def main(argv=None) -> list[str]:
     job = job_fingerprint(args)
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise SystemExit(f"error: --out-dir {args.out_dir} is a file, not a folder")
-    made = not os.path.exists(args.out_dir)  # by this run: removed again if it fails before any shard
+    made = not os.path.exists(args.out_dir)  # by this run: removed again if the input is refused before any shard
     try:
         os.makedirs(args.out_dir, exist_ok=True)
         done, complete = resume_point(args.out_dir, job)
@@ -542,7 +542,7 @@ def _ignore_sigint() -> None:
 
 
 def _remove_empty(out_dir: str) -> None:
-    """Remove out_dir if it holds nothing but the manifest."""
+    """Remove the manifest, then out_dir if that leaves it empty."""
     try:
         os.remove(os.path.join(out_dir, PROGRESS_FILE))
         os.rmdir(out_dir)  # fails, and is left, if anything else is in it

@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--top-k can't be negative")
     if not 0 < args.top_p <= 1:
         p.error(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not 0 < args.temperature < float("inf"):  # nan too; inf would make every logit 0, top-k the lowest ids
+    if not 0 < args.temperature < float("inf"):  # nan too; inf makes every logit 0: candidates drawn evenly
         p.error("--temperature must be positive and finite (for the single most likely token use --top-k 1)")
     if not -2**63 <= args.seed < 2**64:  # what torch.Generator takes
         p.error(f"--seed must fit in 64 bits, got {args.seed}")

@@ -356,7 +356,7 @@ def load_pretrained(name_or_dir: str) -> GPT:
             raise HellaSwagError(f"cannot load {name_or_dir} from the Hugging Face hub (no network, and not in its "
                                  "local cache); evaluate a --checkpoint instead") from None
         reason = one_line(e)
-        # (our ValueError for a config we can't compute names the model already)
+        # (our ValueErrors, for a config we can't compute or weights that don't fit it, name the model already)
         if isinstance(e, OSError):
             reason = f"cannot load a model from {name_or_dir}: {reason}"
         raise HellaSwagError(reason) from None

@@ -631,8 +631,9 @@ class HeadLoss(torch.autograd.Function):
 def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None,
                 n_vocab: int | None = None, generator: torch.Generator | None = None,
                 temperature: float = 1.0) -> torch.Tensor:
-    """One token id per row of logits (B, vocab), drawn from the softmax of logits / temperature after the
-    filters. Returns (B, 1)."""
+    """One token id per row of logits (B, vocab), drawn from the softmax of logits / temperature over the
+    tokens the filters keep: top_k the k largest logits (before the division), top_p the fewest whose tempered
+    probabilities add up to p. Returns (B, 1)."""
     if n_vocab is not None:
         logits = logits[:, :n_vocab]  # the padding ids: no text contains them
     ids = None  # the candidates' token ids, most likely first (None: every token, in vocabulary order)

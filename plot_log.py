@@ -211,8 +211,8 @@ def plot(runs: list[tuple[str, dict]], out: str, x: str = "step", smooth: int = 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run dirs (a train_gpt.py --out-dir holding log.jsonl), or log files")
-    p.add_argument("--out", default=None, help="the image to write; its extension picks the format, "
-                                               "none: .png (default: plot.png in the first run's dir)")
+    p.add_argument("--out", default=None, help="the image to write; its extension picks the format, none: .png; "
+                                               "a folder: plot.png in it (default: plot.png in the first run's dir)")
     p.add_argument("--labels", nargs="+", default=None, help="one legend label per run (default: the dir names)")
     p.add_argument("--x", choices=("step", "tokens"), default="step",
                    help="x axis: optimizer steps, or tokens seen = step * total_batch_size (default: %(default)s)")

@@ -1,6 +1,8 @@
 """
 What a training run writes and prints: log.jsonl, one JSON object per event (the run's config, versions and
 hardware first, then each step's metrics, val losses, HellaSwag, samples), each step's line and its ETA.
+One run at a time writes an out dir: the Logger holds a lock on log.jsonl until finish(), and a second run
+started there stops with one line.
 
     logger = Logger("log", enabled=True)
     logger.log(7, train_loss=3.21, lr=6e-4)         # {"step": 7, "train_loss": 3.21, "lr": 0.0006}
@@ -28,7 +30,7 @@ _LOCKED = {}  # log path -> the open file through which this process holds its l
 
 
 def lock_log(path: str) -> bool:
-    """Lock path (a log) for this process, until finish() or its exit; False if another process holds it.
+    """Lock path (a log) for this process, until Logger.finish() or its exit; False if another process holds it.
     True where the OS or the file system has no such locks (Windows, some network file systems)."""
     key = os.path.realpath(path)
     if key in _LOCKED:  # this process already holds it (train_gpt.main run twice in one process)
@@ -43,7 +45,7 @@ def lock_log(path: str) -> bool:
     except BlockingIOError:
         f.close()
         return False
-    except OSError:  # a file system without locks: run unguarded, as before
+    except OSError:  # a file system without locks: run unguarded
         f.close()
         return True
     _LOCKED[key] = f
@@ -51,7 +53,8 @@ def lock_log(path: str) -> bool:
 
 
 class Logger:
-    """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only)."""
+    """Appends one JSON object per event to <out_dir>/log.jsonl and flushes it at once (first process only),
+    which it locks against a second run in the same out dir (see lock_log)."""
 
     def __init__(self, out_dir: str, enabled: bool, wandb_project: str = "", wandb_name: str = ""):
         self.out_dir, self.path = out_dir, os.path.join(out_dir, "log.jsonl")

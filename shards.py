@@ -1,5 +1,5 @@
 """
-The token shards that fineweb.py writes and train_gpt.py reads.
+The token shards that fineweb.py writes and train_gpt.py reads (through dataloader.py).
 
 A shard (the format of llm.c's): a header of 256 int32 -- magic 20240520, version 1, the number of tokens --
 then the tokens as uint16. GPT-2's 50,257 ids fit in 16 bits. The first shard of a folder is the validation

@@ -19,11 +19,12 @@ from distributed import largest
 
 class StopSignals:
     """SIGINT (Ctrl-C) or SIGTERM (a job scheduler's pre-emption) asks the loop to stop after the step it is
-    in, with a checkpoint. A second SIGINT exits at once: the checkpoints on disk are always complete."""
+    in, with a checkpoint. A second SIGINT exits at once: the checkpoints on disk are always complete. Under
+    torchrun a signal within a second of the first is taken for torchrun's forwarded copy, and ignored."""
 
     def __init__(self):
         self.received: int | None = None
-        self._first_at = 0.0  # when it came (time.monotonic())
+        self._first_at = 0.0  # when the first signal came (time.monotonic())
         self._previous = {}
 
     def __enter__(self):
@@ -52,7 +53,7 @@ class StopSignals:
     def stop(self, device: str) -> bool:
         """Whether to stop now; under torchrun, every process stops at the same step if any one got a signal,
         and takes it as its own (SIGTERM if one got it): all log the same and exit with the same status."""
-        agreed = largest(self.received or 0, device)
+        agreed = largest(self.received or 0, device)  # the largest number: SIGTERM (15) over SIGINT (2)
         if agreed:
             self.received = agreed
         return bool(agreed)

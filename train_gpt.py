@@ -237,7 +237,8 @@ def parse_config(argv=None) -> TrainConfig:
 
 
 def make_loaders(cfg: TrainConfig, rank: int, world_size: int) -> tuple[DataLoaderLite, DataLoaderLite]:
-    """The train and val loaders; a missing or bad shard stops the run with one line, before it changes anything."""
+    """The train and val loaders; a missing or bad shard stops the run with one line, before it changes anything.
+    Notes name the shards left out, and say where --val-steps reads some val batches twice."""
     try:
         loaders = tuple(DataLoaderLite(cfg.data_dir, split, cfg.batch_size, cfg.seq_len, rank, world_size,
                                        cfg.vocab_size) for split in ("train", "val"))
@@ -365,9 +366,9 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
 
 
 def load_hellaswag(cfg: TrainConfig, enc, master: bool, world_size: int) -> list[dict] | None:
-    """The HellaSwag examples the run evaluates, read once (None if it doesn't), each checked to fit the
-    model's context. Without --hellaswag-data, the first process downloads the official file while the others
-    wait, then they read its copy."""
+    """The HellaSwag examples the run evaluates, read once (None if it doesn't), each checked against the
+    model's context (a note counts those whose context loses tokens to fit). Without --hellaswag-data, the first
+    process downloads the official file while the others wait, then they read its copy."""
     if cfg.hellaswag_every == 0:
         return None
     try:
@@ -422,8 +423,9 @@ def write_checkpoint(step: int, *, events_done: bool, cfg: TrainConfig, model: G
 
 
 def check_resume(cfg: TrainConfig, found: tuple[str, dict] | None, device: str, world_size: int) -> None:
-    """Stop with one line, before anything slow (data, HellaSwag, the model) is loaded and before anything is
-    changed, if the checkpoint found to continue (checkpoint_to_resume) doesn't fit this run."""
+    """Stop with one line, before the data, HellaSwag and the model are loaded (all but an --init-from model,
+    whose shape it compares) and before anything is changed, if the checkpoint found to continue
+    (checkpoint_to_resume) doesn't fit this run."""
     # each process reads --out-dir itself: on several machines it must be a folder they share
     if not same_in_every_process(found[1]["step"] if found else -1, device):
         raise SystemExit(f"error: the processes found different checkpoints in --out-dir {cfg.out_dir}: on "
@@ -537,13 +539,14 @@ def main(argv=None) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))  # the process's number on its machine (torchrun sets it)
     device = pick_device(cfg.device, local_rank)  # each process binds its own GPU before they connect
     rank, world_size = setup_distributed(device, cfg.fsdp)
-    master = rank == 0  # only this process prints, logs, samples and writes checkpoints
+    master = rank == 0  # only this process prints, logs, writes checkpoints and samples (under FSDP all sample)
     print0 = print if master else (lambda *a, **k: None)
     device_type = device.split(":")[0]
     dtype = autocast_dtype(device_type, cfg.dtype)  # of the forward passes; weights and updates stay float32
     configure_for_training(device_type)
     torch.manual_seed(cfg.seed)
-    # the checkpoint to continue, first: a forgotten --resume or another run's checkpoint stops before anything slow
+    # the checkpoint to continue, first: a forgotten --resume stops here, another run's checkpoint in check_resume,
+    # both before anything slow but an --init-from model
     found = checkpoint_to_resume(cfg.out_dir, cfg.resume)  # (path, contents), or None: a new run
     # with --init-from the model's shape is the pretrained one's: set in cfg before the data and model read it
     pretrained = load_pretrained(cfg, master, world_size) if cfg.init_from else None
@@ -575,14 +578,17 @@ def main(argv=None) -> None:
     with StopSignals() as signals:
         for step in range(start_step, cfg.max_steps + 1):
             last_step = step == cfg.max_steps
+            # a resumed run's first step did its evaluations, samples and checkpoint before the run stopped
+            done_before = step == start_step and events_done
             if not last_step and signals.stop(device):  # Ctrl-C or SIGTERM: a checkpoint, then out
                 logger.log(step, event="stop", signal=signals.name)
-                path = save(step, events_done=step == start_step and events_done)  # a resumed first step: done
-                print0(f"stopped by {signals.name} before step {step}: {path} written; to continue, run the same command with --resume")
+                path = save(step, events_done=done_before)
+                print0(f"stopped by {signals.name} before step {step}: {path} written; to continue, "
+                       "run the same command with --resume")
                 stopped = True
                 break
-            # once in a while: evaluate, sample, checkpoint. A resumed run's first step did these before it stopped
-            if not (step == start_step and events_done):
+            # once in a while: evaluate, sample, checkpoint
+            if not done_before:
                 if due(cfg.val_every, step):
                     val_loss = evaluate_val(model, val_loader, cfg.val_steps, device, dtype)
                     print0(f"step {step:5d} | val loss {val_loss:.4f}")
