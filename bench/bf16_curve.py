@@ -37,6 +37,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps must be at least 1, got {args.steps}")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):  # found now, not after the runs
+        p.error(f"--json {args.json}: its folder does not exist")
     curves, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("float32", "bfloat16"):

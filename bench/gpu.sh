@@ -32,7 +32,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$dry" = 1 ] || { [ -n "$data" ] && [ -n "$hellaswag" ]; } || { echo "error: pass --data SHARDS --hellaswag FILE, or --dry-run" >&2; exit 2; }
-[ -z "$data" ] || [ -d "$data" ] || { echo "error: --data $data is not a directory of shards" >&2; exit 2; }
+# shards of both splits, found now: step 2, the first to read them, would meet their absence after step 1's minutes
+has() { local f; for f in "$data/$1"_*.bin; do [ -f "$f" ] && return 0; done; return 1; }
+[ -z "$data" ] || { has train && has val; } \
+    || { echo "error: --data $data is not a directory of shards (train_*.bin and val_*.bin, as fineweb.py writes)" >&2; exit 2; }
 [ -z "$hellaswag" ] || [ -f "$hellaswag" ] || { echo "error: --hellaswag $hellaswag not found" >&2; exit 2; }
 # the paths given are the caller's: make them absolute before moving to the repository, where the scripts are
 [ -z "$data" ] || data="$(cd "$data" && pwd)"

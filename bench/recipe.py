@@ -105,12 +105,20 @@ def main(argv=None) -> dict:
                         "--batch-tokens 32768, --val-every 10, --val-steps 64 (131,072 tokens), --dtype auto, "
                         "--compile, --samples")
     args = p.parse_args(argv)
+    for flag in ("batch_tokens", "val_every"):  # the report compares val losses
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
     shards = shard_corpus(args.corpus, os.path.join(args.out_dir, "shards"), args.shard_size)
     if args.corpus_pass:
         args.tokens, args.batch_tokens, args.val_every, args.val_steps = train_tokens(shards), 32768, 10, 64
         args.dtype, args.compile, args.samples = "auto", True, True
     steps = args.tokens // args.batch_tokens
+    if steps < 1:
+        p.error(f"--tokens {args.tokens:,} is less than one step of --batch-tokens {args.batch_tokens:,}")
+    for f in args.fractions:  # found before any run, not after the full-budget ones
+        if round(steps * f) < 1:
+            p.error(f"--fractions {f:g}: {f:g} of the budget's {steps} steps leaves no step")
     warmup = args.warmup_steps or max(1, round(steps * 469 / 12207))  # the reference run's share of warmup steps
     curves = {}
     runs = [(recipe, 1.0) for recipe in args.recipes] + [("modern", f) for f in args.fractions if "modern" in args.recipes]
@@ -133,8 +141,14 @@ def main(argv=None) -> dict:
             if n not in val_curve(run):
                 print(f"{name}: {n} steps of {args.batch_tokens} tokens -> {run}", flush=True)
                 t0 = time.perf_counter()
-                with open(os.path.join(args.out_dir, f"{name}.out"), "w") as out:
-                    subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
+                log = os.path.join(args.out_dir, f"{name}.out")
+                with open(log, "w") as out:
+                    rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+                if rc != 0:  # its own one-line error is the last line of its output
+                    with open(log) as f:
+                        last = (f.read().strip().splitlines() or ["?"])[-1]
+                    raise SystemExit(f"error: train_gpt.py failed for {name} (exit status {rc}): {last} "
+                                     f"(all of it in {log})")
                 with open(os.path.join(run, "wall_s"), "w") as f:
                     f.write(f"{time.perf_counter() - t0:.0f}\n")
             curves[recipe, seed, frac] = val_curve(run)

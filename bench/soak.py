@@ -90,12 +90,16 @@ def main(argv=None) -> bool:
     p.add_argument("--kill-at", type=int, default=10100, help="the step at which the second run is killed")
     p.add_argument("--hellaswag-limit", type=int, default=20, help="examples per HellaSwag (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.steps < 8:  # the ETA is checked at step --steps // 4, and a run prints one from step 2 on
+        p.error(f"--steps must be at least 8, got {args.steps}")
     if not 0 < args.kill_at < args.steps:
         p.error("--kill-at must be a step of the run")
 
     n, every = args.steps, 250
     early, late = (1000, 2000) if n >= 4000 else (n // 4, n // 2)  # the step-time and memory window
     ckpt_every = 5000 if n >= 10000 else max(1, n * 5000 // 12207)
+    if args.kill_at < ckpt_every:  # killed before any checkpoint, the resumed run would start anew
+        p.error(f"--kill-at {args.kill_at} comes before the first checkpoint (step {ckpt_every}): nothing to resume")
     warmup = max(1, round(n * 469 / 12207))
     cmd = [sys.executable, os.path.join(REPO, "train_gpt.py"), "--preset", "tiny", "--block-size", "128",
            "--seq-len", "64", "--data-dir", args.data_dir, "--max-steps", str(n), "--warmup-steps", str(warmup),

@@ -180,6 +180,11 @@ def main(argv=None) -> list[dict]:
         return []
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):  # found now, not after the runs
         p.error(f"--json {args.json}: its folder does not exist")
+    configs = ["plain"] + (["plain-best"] if args.compile else []) + ["ours"] + (["compiled"] if args.compile else [])
+    if args.configs:
+        configs = args.configs.split(",")
+        if not set(configs) <= {"plain", "plain-best", "ours", "compiled"}:  # before the matmul peak is measured
+            p.error(f"--configs: unknown configuration in {args.configs!r}")
 
     device = pick_device(args.device)
     dtype = autocast_dtype(device.split(":")[0], args.dtype)
@@ -189,11 +194,6 @@ def main(argv=None) -> list[dict]:
           f"matmul peak float32 {peak32 / 1e9:,.0f} GFLOP/s" +
           (f", {str(dtype)[6:]} {peak / 1e9:,.0f} GFLOP/s" if dtype != torch.float32 else ""))
 
-    configs = ["plain"] + (["plain-best"] if args.compile else []) + ["ours"] + (["compiled"] if args.compile else [])
-    if args.configs:
-        configs = args.configs.split(",")
-        if not set(configs) <= {"plain", "plain-best", "ours", "compiled"}:
-            p.error(f"--configs: unknown configuration in {args.configs!r}")
     passed = ("preset", "batch_size", "seq_len", "accum", "steps", "warmup", "device", "dtype")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k in passed]
     runs = {c: [] for c in configs}

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import hellaswag as bench_hellaswag
-from bench import bf16_curve, head, sample, train
+from bench import bf16_curve, head, recipe, sample, soak, train
 from bench import fineweb as bench_fineweb
 from conftest import CORPUS, HELLASWAG, REPO
 
@@ -24,6 +24,7 @@ from conftest import CORPUS, HELLASWAG, REPO
     (["--data"], "error: --data needs a value"),
     (["--data", "--dry-run"], "error: --data needs a value"),
     (["--data", "no-such-dir", "--hellaswag", "x.jsonl"], "error: --data no-such-dir is not a directory of shards"),
+    (["--data", ".", "--hellaswag", str(HELLASWAG)], "error: --data . is not a directory of shards"),  # no .bin
     (["--dry-run", "--hellaswag", "no-such.jsonl"], "error: --hellaswag no-such.jsonl not found"),
     (["--gpu"], "error: unknown argument --gpu"),
     ([], "error: pass --data SHARDS --hellaswag FILE, or --dry-run"),
@@ -167,6 +168,8 @@ def test_head_bench_compiled(capsys, small_peak):
     (train, ["--runs", "0"], "--runs must be at least 1, got 0"),
     (train, ["--warmup", "-1"], "--warmup must be at least 0, got -1"),
     (train, ["--preset", "tiny"], "--seq-len 512 is longer than the tiny preset's context (64)"),
+    (bf16_curve, ["--data-dir", ".", "--json", "no-such-dir/out.json"], "--json no-such-dir/out.json: its folder does "
+                                                                        "not exist"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_head_and_train_benches_reject_bad_flags(bench, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -277,3 +280,58 @@ def test_fineweb_bench_names_a_bad_input_file(tmp_path, text, error):
     with pytest.raises(SystemExit, match=f"^error: --input {re.escape(str(path))}: not a readable jsonl file "
                                          f"with a text field \\({error}: "):
         bench_fineweb.main(["--input", str(path), "--rounds", "1", "--repeat", "1"])
+
+
+def test_train_bench_rejects_an_unknown_config_before_measuring_the_peak(monkeypatch, capsys):
+    monkeypatch.setattr(train, "matmul_peak", lambda *a: pytest.fail("the matmul peak was measured first"))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "tiny", "--seq-len", "64", "--configs", "ours,bogus"])
+    assert e.value.code == 2 and "error: --configs: unknown configuration in 'ours,bogus'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> str:
+    """A folder as bench/recipe.py reads it: heldout.jsonl and train_00.jsonl, from the test corpus."""
+    lines = CORPUS.read_text().splitlines(keepends=True)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "heldout.jsonl").write_text("".join(lines[:20]))
+    (corpus / "train_00.jsonl").write_text("".join(lines[20:]))
+    return str(corpus)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-tokens", "0"], "--batch-tokens must be at least 1, got 0"),
+    (["--val-every", "0"], "--val-every must be at least 1, got 0"),
+    (["--tokens", "1000"], "--tokens 1,000 is less than one step of --batch-tokens 4,096"),
+    (["--fractions", "0.1"], "--fractions 0.1: 0.1 of the budget's 2 steps leaves no step"),  # before the full runs
+])
+def test_recipe_bench_rejects_a_budget_without_steps_before_any_run(argv, message, small_corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--corpus", small_corpus, "--out-dir", str(tmp_path / "runs"), "--tokens", "8192", "--seeds", "1",
+                     "--recipes", "modern", "--val-steps", "1", "--shard-size", "2048", *argv])
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not any(p.name.endswith(".out") for p in (tmp_path / "runs").glob("*"))  # no run started
+
+
+def test_recipe_bench_names_a_failed_run_in_one_line(small_corpus, tmp_path):
+    runs = tmp_path / "runs"
+    message = ("train_gpt.py failed for modern_seed1 (exit status 2): "
+               "train_gpt.py: error: unrecognized arguments: --bogus")
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)} \\(all of it in .*modern_seed1.out\\)$"):
+        recipe.main(["--corpus", small_corpus, "--out-dir", str(runs), "--tokens", "8192", "--seeds", "1",
+                     "--recipes", "modern", "--shard-size", "2048", "--extra=--bogus"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "7", "--kill-at", "3"], "--steps must be at least 8, got 7"),  # no ETA at step 7 // 4 = 1
+    # a run killed before its first checkpoint resumes as a new run: 'bit-identical' would test nothing
+    (["--steps", "2000", "--kill-at", "500"], "--kill-at 500 comes before the first checkpoint (step 819): "
+                                              "nothing to resume"),
+])
+def test_soak_bench_rejects_a_schedule_it_cant_check(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        soak.main(["--data-dir", str(tmp_path), "--hellaswag-data", str(HELLASWAG), "--out-dir", str(tmp_path / "soak"),
+                   *argv])
+    assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "soak").exists()
