@@ -362,6 +362,8 @@ class GPT(nn.Module):
         few positions only can apply lm_head to those alone. With cache (one KVCache per block, see
         generate), idx holds the tokens after those already cached: the prompt, then one token per call.
         """
+        if idx.dim() != 2:  # a single sequence (T,) would fail deep inside attention
+            raise ValueError(f"idx must be token ids of shape (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.size()
         if cache is not None:
             start = cache[0].len  # the tokens already cached sit at positions 0..start-1
@@ -390,6 +392,8 @@ class GPT(nn.Module):
         """idx: (B, T) token ids. Without targets: the logits (B, T, vocab_size) and None. With targets (B, T):
         None and the mean loss, computed by head_loss a chunk of positions at a time: the B x T x vocab_size
         logits (400 MB in float32 for the `seed` model at 4 x 512) never exist at once."""
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx, {tuple(idx.shape)}, got {tuple(targets.shape)}")
         h = self.hidden_states(idx)  # (B, T, C)
         if targets is None:
             return softcap(self.lm_head(h), self.config.logit_softcap), None  # (B, T, vocab_size)
@@ -423,6 +427,9 @@ class GPT(nn.Module):
             raise ValueError(f"top_k must be at least 1 (None: every token), got {top_k}")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if idx.dim() != 2 or idx.size(1) == 0:  # the first token is predicted from the last one of the prompt
+            raise ValueError(f"the prompt must be token ids of shape (B, T), T at least 1 (a new document starts at "
+                             f"<|endoftext|>), got shape {tuple(idx.shape)}")
         block_size = self.config.block_size
         cache = None
         if use_cache:
@@ -457,6 +464,7 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # head's weight are kept.
 HEAD_CHUNK = 512  # positions per matmul in float32 (103 MB of logits at vocab 50,304); in bfloat16 head_losses pads to it
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
+IGNORE_INDEX = -100  # a target that counts for nothing (padding): F.cross_entropy's default ignore_index
 
 
 def head_logits(h: torch.Tensor, weight: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
@@ -476,8 +484,9 @@ def has_amx(device: torch.device) -> bool:
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a matmul of x runs in: autocast's where it is on, else x's own."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    device_type = x.device.type  # 'meta' (a model traced for its shapes) has no autocast to ask about
+    on = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    return torch.get_autocast_dtype(device_type) if on else x.dtype
 
 
 class HeadChunks:
@@ -578,16 +587,25 @@ def head_losses(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ca
     dtype = matmul_dtype(weight)
     n, pad = len(h), (-len(h) % HEAD_CHUNK if dtype != torch.float32 else 0)
     with torch.no_grad():
+        h, targets, kept = drop_ignored(h, targets)
         chunks = HeadChunks(F.pad(h, (0, 0, 0, pad)), weight, F.pad(targets, (0, pad)), cap, dtype)
         per_chunk = [losses for _, _, _, losses in chunks]
-        return torch.cat(per_chunk)[:n] if per_chunk else torch.zeros(0, device=h.device)
+        return torch.cat(per_chunk)[:n] * kept if per_chunk else torch.zeros(0, device=h.device)
+
+
+def drop_ignored(h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For targets of IGNORE_INDEX, which count for nothing as in F.cross_entropy: h with their rows zeroed (logits
+    0: a finite loss to mask, nothing added to the weight's gradient), targets with them 0, and which are kept."""
+    kept = targets != IGNORE_INDEX
+    return h * kept[:, None], targets.masked_fill(~kept, 0), kept
 
 
 def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of targets (N,) under the logits of h (N, C): what F.cross_entropy of the full
-    logits gives, in float32, with its gradient. Under autocast the matmuls run in its dtype."""
+    logits gives, in float32, with its gradient. Under autocast the matmuls run in its dtype. Targets of
+    IGNORE_INDEX count for nothing: the mean is over the others, as F.cross_entropy's."""
     if not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
-        return head_losses(h, weight, targets, cap).mean()
+        return head_losses(h, weight, targets, cap).sum() / (targets != IGNORE_INDEX).sum()
     return HeadLoss.apply(h, weight, targets, cap, matmul_dtype(weight))
 
 
@@ -602,12 +620,13 @@ class HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, targets, cap, dtype):
+        h, targets, kept = drop_ignored(h, targets)
         chunks = HeadChunks(h, weight, targets, cap, dtype, grad=True)
         loss = torch.zeros((), device=h.device)
         grad_h = torch.empty_like(h)
         grad_w = None  # summed over the chunks in float32, the first chunk's product its start
         for i, x, g, losses in chunks:  # g: d (summed loss) / d logits
-            loss += losses.sum()
+            loss += (losses * kept[i:i + len(x)]).sum()
             grad_h[i:i + len(x)] = torch.mm(g, chunks.w)
             if grad_w is None:
                 grad_w = torch.mm(g.t(), x).float()
@@ -617,14 +636,16 @@ class HeadLoss(torch.autograd.Function):
                 grad_w += torch.mm(g.t(), x)
         if grad_w is None:  # no positions: a nan loss, as F.cross_entropy gives
             grad_w = torch.zeros_like(weight, dtype=torch.float32)
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.n, ctx.weight_dtype = len(h), weight.dtype
-        return loss / len(h)
+        grad_h *= kept[:, None]  # an ignored target's softmax - one_hot reached its row of h
+        n = kept.sum()  # the targets that count
+        ctx.save_for_backward(grad_h, grad_w, n)
+        ctx.weight_dtype = weight.dtype
+        return loss / n
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        scale = grad_loss / max(ctx.n, 1)  # no positions: zero gradients, as the plain head gives
+        grad_h, grad_w, n = ctx.saved_tensors
+        scale = grad_loss / n.clamp(min=1)  # no positions: zero gradients, as the plain head gives
         return grad_h * scale, (grad_w * scale).to(ctx.weight_dtype), None, None, None
 
 

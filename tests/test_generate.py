@@ -74,6 +74,13 @@ def test_cache_refuses_overflow_and_chunks():
         model.hidden_states(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (5,)])
+def test_prompt_without_tokens_or_batch_is_refused(shape):
+    """An empty prompt (nothing to predict the first token from) or one without its batch dimension."""
+    with pytest.raises(ValueError, match="the prompt must be token ids of shape"):
+        GPT(TINY).generate(torch.zeros(shape, dtype=torch.long), 3)
+
+
 def test_stream_yields_each_token():
     """stream yields max_new_tokens tensors of shape (B, 1), the tokens that generate returns."""
     model = GPT(TINY).eval()

@@ -125,6 +125,22 @@ def test_no_positions_give_the_plain_heads_nan_and_zero_gradients():
         assert head_loss(h, weight, targets).isnan()
 
 
+@pytest.mark.parametrize("cap", [0.0, 3.0])
+def test_ignored_targets_count_for_nothing_as_in_cross_entropy(cap):
+    """Targets of -100 (padding) are F.cross_entropy's ignore_index: no loss, no gradient, out of the mean."""
+    h, weight, targets = data(600)
+    targets[::3] = -100
+    ours, ref = (loss_and_grads(f, h, weight, targets, cap) for f in (head_loss, plain_loss))
+    torch.testing.assert_close(ours[0], ref[0])
+    assert_rel_close(ours[1], ref[1], 1e-5)
+    assert_rel_close(ours[2], ref[2], 1e-5)
+    rows = F.cross_entropy(softcap(h @ weight.t(), cap), targets, reduction="none")
+    torch.testing.assert_close(head_losses(h, weight, targets, cap), rows, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(head_loss(h, weight, targets, cap), ref[0], rtol=1e-5, atol=1e-6)
+        assert GPT(TINY)(targets[None, :5].abs(), targets[None, :5])[1].isfinite()  # the model's loss too
+
+
 def test_backward_scales_by_the_incoming_gradient():
     """loss * 3 has three times the gradients: backward uses the gradient it is given, not 1."""
     h, weight, targets = data(300)

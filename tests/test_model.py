@@ -86,6 +86,25 @@ def test_bad_config_is_refused():
         GPT(TINY)(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
 
 
+def test_shape_mistakes_are_value_errors():
+    """A sequence without its batch dimension, or targets of another shape than idx, are a clear ValueError."""
+    model = GPT(TINY)
+    idx = torch.zeros(2, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"shape \(B, T\), got shape \(8,\)"):
+        model(idx[0])
+    with pytest.raises(ValueError, match="targets must have the shape of idx"):
+        model(idx, idx[:, :4])
+
+
+def test_loss_of_a_model_on_meta():
+    """A model on 'meta' (shapes only, e.g. to count FLOPs) gives its loss's shape, as it gives its logits'."""
+    with torch.device("meta"):
+        model = GPT(TINY)
+        idx = torch.zeros(2, 8, dtype=torch.long)
+    _, loss = model(idx, idx)
+    assert loss.shape == () and loss.device.type == "meta"
+
+
 def test_generate_top1_is_greedy():
     """top_k=1 sampling picks the argmax at every step, and adds exactly max_new_tokens."""
     model = GPT(TINY).eval()
