@@ -33,10 +33,11 @@ class DataLoaderLite:
         # every shard's header and length are checked now, not when the run reaches it. A shard too small for
         # one round of batches (fineweb.py's last one holds what was left over) is left out, unless all are
         sizes = [len(read_shard(path)) for path in paths]
-        self.shards = [path for path, n in zip(paths, sizes) if n >= self.round_tokens + 1]
+        kept = [(path, n) for path, n in zip(paths, sizes) if n >= self.round_tokens + 1]
+        self.shards = [path for path, _ in kept]
         self.skipped = [path for path in paths if path not in self.shards]
         # rounds of batches before it wraps: a round needs round_tokens + 1 tokens (the last target)
-        self.rounds = sum((n - 1) // self.round_tokens for n in sizes if n >= self.round_tokens + 1)
+        self.rounds = sum((n - 1) // self.round_tokens for _, n in kept)
         if not self.shards:
             raise ShardError(f"{paths[0]} holds {sizes[0]:,} tokens, fewer than one batch "
                              f"({B} x {T} x {world_size} processes + 1)")

@@ -32,14 +32,16 @@ _LOCKED = {}  # log path -> the open file through which this process holds its l
 def lock_log(path: str) -> bool:
     """Lock path (a log) for this process, until Logger.finish() or its exit; False if another process holds it.
     True where the OS or the file system has no such locks (Windows, some network file systems)."""
+    f = open(path, "a")  # an OSError here: the out dir can't be written
     key = os.path.realpath(path)
     if key in _LOCKED:  # this process already holds it (train_gpt.main run twice in one process)
+        f.close()
         return True
     try:
         import fcntl
     except ImportError:
+        f.close()
         return True
-    f = open(path, "a")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -65,9 +67,7 @@ class Logger:
         if enabled:
             try:
                 os.makedirs(out_dir, exist_ok=True)
-                with open(self.path, "a"):  # can we write there at all? Better to know before training
-                    pass
-                locked = lock_log(self.path)
+                locked = lock_log(self.path)  # opens the log: can we write there at all? Better to know now
             except OSError as e:
                 raise SystemExit(f"error: cannot write to --out-dir {out_dir}: {e.strerror}") from None
             # one run at a time: a second would delete the first's half-written checkpoint, cut its log back and

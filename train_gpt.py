@@ -450,15 +450,15 @@ def check_resume(cfg: TrainConfig, found: tuple[str, dict] | None, device: str, 
 
 
 def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimizer: torch.optim.Optimizer,
-           loader: DataLoaderLite, logger: Logger, device: str) -> tuple[int, bool, bool]:
-    """(first step, whether its evaluations are done, whether the run is resumed): (0, False, False) for a new
-    run. With --resume, the state of the checkpoint found (checked by check_resume) is loaded (model,
-    optimizer, data position, RNG) and the log cut back to where it was written."""
+           loader: DataLoaderLite, logger: Logger, device: str) -> tuple[int, bool]:
+    """(first step, whether its evaluations are done): (0, False) for a new run. With --resume, the state of
+    the checkpoint found (checked by check_resume) is loaded (model, optimizer, data position, RNG) and the log
+    cut back to where it was written."""
     if not found:
         if cfg.resume and logger.enabled:
             print(f"no checkpoint in {cfg.out_dir} yet: starting a new run")
         logger.truncate(0)  # a new run, a new log
-        return 0, False, False
+        return 0, False
     path, ckpt = found
     load_full_state(model, optimizer, ckpt, cfg.fsdp)
     try:
@@ -471,7 +471,7 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
     logger.truncate(ckpt["log_bytes"])  # the log as it was when the checkpoint was written
     if logger.enabled:
         print(f"resumed from {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt.get("events_done", True), True
+    return ckpt["step"], ckpt.get("events_done", True)
 
 # -----------------------------------------------------------------------------
 # one training step
@@ -564,10 +564,10 @@ def main(argv=None) -> None:
     # model, optimizer, and the state of a run to continue
     model, train_model = build_model(cfg, device, world_size, pretrained)
     optimizer = configure_optimizer(model, cfg, device_type)
-    start_step, events_done, resumed = resume(cfg, found, model, optimizer, train_loader, logger, device)
+    start_step, events_done = resume(cfg, found, model, optimizer, train_loader, logger, device)
     save = partial(write_checkpoint, cfg=cfg, model=model, optimizer=optimizer, loader=train_loader, logger=logger,
                    device=device, world_size=world_size)
-    logger.log(start_step, event="resume" if resumed else "start", **run_info(cfg, device, world_size))
+    logger.log(start_step, event="resume" if found else "start", **run_info(cfg, device, world_size))
     print0(f"model: {model.num_params():,} parameters | device {device} | autocast {dtype} | "
            f"{world_size} process(es) | {grad_accum} micro-steps of {cfg.batch_size} x {cfg.seq_len} per step")
 
