@@ -23,6 +23,8 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from atomic_write import atomic_write
+
 # -----------------------------------------------------------------------------
 # reading a log
 
@@ -200,8 +202,9 @@ def plot(runs: list[tuple[str, dict]], out: str, x: str = "step", smooth: int = 
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.5M, 10G rather than 1e6 offsets
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    try:
-        fig.savefig(out, dpi=100)
+    try:  # beside it first, then renamed over it: a run killed mid-write leaves the last whole plot, not half a PNG
+        with atomic_write(out) as tmp:
+            fig.savefig(tmp, dpi=100, format=os.path.splitext(out)[1][1:].lower())  # the format of out, not of .tmp
     except (OSError, ValueError) as e:  # a missing folder, a full disk, an extension matplotlib can't write
         raise SystemExit(f"error: cannot write {out}: {getattr(e, 'strerror', None) or e}") from None
 

@@ -158,6 +158,24 @@ def test_out_folder_gets_plot_png(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "plots")) == ["plot.png"]
 
 
+def test_failed_write_keeps_the_earlier_plot(tmp_path, monkeypatch, capsys):
+    """A plot whose write fails half-way (a full disk, a kill) leaves the earlier plot.png whole, and no
+    half-written file beside it."""
+    write_log(tmp_path / "run", run_records(steps=3, hellaswag=False))
+    out = plot_log.main([str(tmp_path / "run")])
+    before = open(out, "rb").read()
+
+    def half_then_full_disk(self, fname, **kw):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(plot_log.Figure, "savefig", half_then_full_disk)
+    with pytest.raises(SystemExit) as e:
+        plot_log.main([str(tmp_path / "run")])
+    assert str(e.value) == f"error: cannot write {out}: No space left on device"
+    assert open(out, "rb").read() == before and sorted(os.listdir(tmp_path / "run")) == ["log.jsonl", "plot.png"]
+
+
 @pytest.mark.parametrize("setup, argv, message", [
     (lambda d: None, ["missing"], "missing not found"),
     (lambda d: (d / "empty").mkdir(), ["empty"], "no log.jsonl in"),
