@@ -58,7 +58,8 @@ class InputError(Exception):
 
 
 def check_inputs(paths: list[str]) -> None:
-    """Refuse, before any work, input files that are missing, empty or of a type we don't read."""
+    """Refuse, before any work, input files that are missing, empty, of a type we don't read, or given twice."""
+    seen = {}  # real path -> the path given (a glob and a name, a link and its target are the same file)
     for path in paths:
         if os.path.isdir(path):
             raise SystemExit(f"error: {path} is a folder: give the files in it, e.g. {path}/*.jsonl")
@@ -68,6 +69,11 @@ def check_inputs(paths: list[str]) -> None:
             raise SystemExit(f"error: {path}: input files must be .txt, .jsonl or .parquet")
         if os.path.getsize(path) == 0:
             raise SystemExit(f"error: {path} is empty")
+        real = os.path.realpath(path)
+        if real in seen:
+            what = "given twice" if seen[real] == path else f"the same file as {seen[real]}"
+            raise SystemExit(f"error: {path} is {what}: its documents would be in the shards twice")
+        seen[real] = path
 
 
 JSONL_BLOCK = 1 << 20  # a .jsonl goes to the workers in blocks of whole lines, about this many bytes each
@@ -221,7 +227,8 @@ def _file_documents(path: str) -> Iterator[str]:
     datasets.logging.set_verbosity(logging.CRITICAL)  # it logs the read errors we report in one line below
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # else each load_dataset() of a local file pings the hub
     builder = "text" if path.lower().endswith(".txt") else "parquet"  # the `datasets` builder that reads it
-    kwargs = {"sample_by": "document"} if builder == "text" else {}
+    # utf-8-sig: a byte order mark (as some editors write) is not text, as in a .jsonl
+    kwargs = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
     n = 0
     try:
         ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
@@ -450,7 +457,7 @@ def resume_point(out_dir: str, job: dict) -> tuple[list[dict], bool]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", metavar="FILE",
+    p.add_argument("--input", nargs="+", action="extend", metavar="FILE",  # extend: --input a --input b reads both
                    help="local .txt, .jsonl (field 'text') or .parquet files (default: FineWeb-Edu from the hub)")
     p.add_argument("--out-dir", default="edu_fineweb10B",
                    help="where the shards go; a re-run with the same arguments resumes there (default: %(default)s)")
@@ -533,6 +540,7 @@ def main(argv=None) -> list[str]:
         if pool:
             pool.terminate()
     print(f"wrote {writer.total:,} tokens in {len(writer.shards)} shards to {args.out_dir}")
+    _warn_small_train(writer.shards)
     _warn_stale(args.out_dir, writer.written)
     return writer.written
 
@@ -548,6 +556,15 @@ def _remove_empty(out_dir: str) -> None:
         os.rmdir(out_dir)  # fails, and is left, if anything else is in it
     except OSError:
         pass
+
+
+def _warn_small_train(shards: list[dict]) -> None:
+    """Input a little over one shard leaves most of it in val, which training only samples: say so."""
+    val, total = shards[0]["tokens"], shards[-1]["total"]
+    if len(shards) > 1 and total - val < val:
+        print(f"warning: the val shard holds {val:,} of the {total:,} tokens, train only {total - val:,}: to "
+              f"train on more of them, shard again with a smaller --shard-size (e.g. {total // 10}) into another "
+              f"--out-dir", file=sys.stderr)
 
 
 def _warn_stale(out_dir: str, written: list[str]) -> None:

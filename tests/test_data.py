@@ -6,6 +6,7 @@ other inputs, and DataLoaderLite: the target shift, rank striding, shard wrap, e
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,32 @@ def test_fineweb_bad_input_type(tmp_path):
     (tmp_path / "a.csv").write_text("text\nhello\n")
     with pytest.raises(SystemExit, match="must be .txt, .jsonl or .parquet"):
         fineweb.main(["--input", str(tmp_path / "a.csv"), "--out-dir", str(tmp_path / "out")])
+
+
+def test_fineweb_repeated_input_flag_reads_every_file():
+    """--input a --input b reads both files; argparse's default kept only the last one, silently."""
+    assert fineweb.parse_args(["--input", "a.txt", "--input", "b.jsonl", "c.jsonl"]).input == [
+        "a.txt", "b.jsonl", "c.jsonl"]
+
+
+def test_fineweb_txt_byte_order_mark_is_not_text(tmp_path):
+    """A .txt starting with a UTF-8 byte order mark (some Windows editors write one) is read without it, as a
+    .jsonl is: it used to become 3 tokens of garbage at the start of the document."""
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbfHello, world.")
+    assert [t for item in fineweb.iter_work([str(path)]) for t in fineweb.item_texts(item)] == ["Hello, world."]
+
+
+def test_fineweb_warns_when_val_outweighs_train(tmp_path, capsys):
+    """Input a little over one shard puts most of it in the val shard: a warning says so and how to fix it;
+    an even split draws none."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Document number {i} says hello."}) + "\n" for i in range(6)))
+    fineweb.main(["--input", str(path), "--out-dir", str(tmp_path / "out"), "--shard-size", "40", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert re.search(r"warning: the val shard holds 40 of the \d+ tokens, train only \d+: .*smaller --shard-size", err)
+    fineweb.main(["--input", str(path), "--out-dir", str(tmp_path / "even"), "--shard-size", "20", "--workers", "1"])
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -326,6 +326,18 @@ def test_input_folder_is_refused(tmp_path):
         fineweb.main(["--input", str(tmp_path), "--out-dir", str(tmp_path / "out")])
 
 
+def test_input_given_twice_is_refused(tmp_path):
+    """A file given twice, under the same or another name (a glob and its name, a link), is refused in one line
+    before any work: its documents would be in val and train both."""
+    (tmp_path / "a.jsonl").write_text('{"text": "A short document."}\n')
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
+    for twice, message in ([tmp_path / "a.jsonl"] * 2, r"a.jsonl is given twice"), (
+            [tmp_path / "a.jsonl", tmp_path / "." / "link.jsonl"], r"link.jsonl is the same file as .*a.jsonl"):
+        with pytest.raises(SystemExit, match=rf"^error: .*{message}: its documents would be in the shards twice$"):
+            fineweb.main(["--input", *map(str, twice), "--out-dir", str(tmp_path / "out"), "--workers", "1"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_out_dir_problems_are_one_line(tmp_path, monkeypatch):
     """An out dir that is a file, lies under a file, or fills up: one line, no traceback."""
     (tmp_path / "a.txt").write_text("A short document.")
@@ -447,10 +459,11 @@ def read_documents(tmp_path_factory, name: str, data: bytes) -> list[str] | None
 @SLOW
 @given(data=st.one_of(st.binary(max_size=300), st.text(CHARS, max_size=100).map(str.encode)))
 def test_text_reader_hostile_bytes(tmp_path_factory, data):
-    """A .txt of any bytes is one document (its UTF-8 text, line ends read as \\n) or an InputError naming it."""
+    """A .txt of any bytes is one document (its UTF-8 text, line ends read as \\n, a leading byte order mark
+    dropped) or an InputError naming it."""
     docs = read_documents(tmp_path_factory, "a.txt", data)
     if docs is not None:
-        assert docs == [data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")]
+        assert docs == [data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")]
 
 
 @SLOW
