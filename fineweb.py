@@ -35,13 +35,12 @@ from tqdm import tqdm
 
 from atomic_write import atomic_write
 from errors import one_line
-from shards import MAX_SHARD_TOKENS, SHARD_NAME, ShardError, list_shards, read_shard, shard_path, write_shard
+from shards import MAX_SHARD_TOKENS, PROGRESS_FILE, SHARD_NAME, ShardError, list_shards, read_shard, shard_path, write_shard
 from tokenizer import EOT, get_encoding
 
 INPUT_TYPES = (".txt", ".jsonl", ".parquet")  # a .jsonl is parsed here; the others are read through `datasets`
 FINEWEB_EDU = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 
-PROGRESS_FILE = "fineweb_progress.json"  # the resume manifest, in the out dir
 PROGRESS_FORMAT = 1
 TMP_FILE = re.compile(rf"({SHARD_NAME.pattern}|{re.escape(PROGRESS_FILE)})\.tmp")  # what a killed write leaves
 

@@ -7,6 +7,7 @@ split (val_000000.bin), the rest are training data (train_000001.bin, ...).
 """
 
 import glob
+import json
 import os
 import re
 
@@ -20,6 +21,7 @@ HEADER_INTS = 256  # 1 KiB header: room to grow without moving the tokens
 HEADER_BYTES = HEADER_INTS * 4
 MAX_SHARD_TOKENS = 2**31 - 1  # the header's token count is an int32 (a shard of them is 4 GiB)
 SHARD_NAME = re.compile(r"(val|train)_\d{6}\.bin")
+PROGRESS_FILE = "fineweb_progress.json"  # fineweb.py's manifest in the folder: how far into its input the shards reach
 
 
 class ShardError(ValueError):
@@ -61,3 +63,13 @@ def read_shard(path: str) -> np.ndarray:
 def list_shards(data_dir: str, split: str) -> list[str]:
     """The shards of one split ("train" or "val") in data_dir, in order."""
     return sorted(glob.glob(os.path.join(glob.escape(data_dir), f"{split}_*.bin")))  # escape: a folder named data[1]
+
+
+def unfinished(data_dir: str) -> bool:
+    """Whether data_dir's shards are from a fineweb.py job that stopped before the end of its input (killed, or
+    still running): its manifest says so. A folder without one (shards of another tool) counts as finished."""
+    try:
+        with open(os.path.join(data_dir, PROGRESS_FILE)) as f:
+            return json.load(f).get("complete") is False
+    except (OSError, ValueError, AttributeError):  # none, unreadable, or not a manifest: nothing to say
+        return False

@@ -38,7 +38,7 @@ from generate import sample_text
 from model import GPT, GPTConfig
 from optim import MuonAdamW
 from run_log import ETA, Logger, run_info, step_line
-from shards import ShardError
+from shards import ShardError, unfinished
 from signals import StopSignals
 from tokenizer import N_VOCAB, get_encoding
 
@@ -238,12 +238,16 @@ def parse_config(argv=None) -> TrainConfig:
 
 def make_loaders(cfg: TrainConfig, rank: int, world_size: int) -> tuple[DataLoaderLite, DataLoaderLite]:
     """The train and val loaders; a missing or bad shard stops the run with one line, before it changes anything.
-    Notes name the shards left out, and say where --val-steps reads some val batches twice."""
+    Notes say where the shards are from an unfinished fineweb.py job, name the shards left out, and say where
+    --val-steps reads some val batches twice."""
     try:
         loaders = tuple(DataLoaderLite(cfg.data_dir, split, cfg.batch_size, cfg.seq_len, rank, world_size,
                                        cfg.vocab_size) for split in ("train", "val"))
     except ShardError as e:
         raise SystemExit(f"error: {e}") from None
+    if rank == 0 and unfinished(cfg.data_dir):
+        print(f"note: {cfg.data_dir} is from a fineweb.py job that has not reached the end of its input: training "
+              f"reads the {len(loaders[0].shards)} train shards written so far (run the same fineweb.py again to finish)")
     for path in (loaders[0].skipped + loaders[1].skipped) if rank == 0 else []:
         print(f"note: {path} left out: it holds fewer tokens than one batch")
     if rank == 0 and cfg.val_every and math.ceil(cfg.val_steps / world_size) > loaders[1].rounds:

@@ -5,6 +5,7 @@ attention setting of HellaSwag and sampling.
 """
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from conftest import HELLASWAG, REPO, TINY, assert_same_run, read_log, train
 from device import varying_shapes
 from model import GPT
 from run_log import format_duration
+from shards import PROGRESS_FILE
 from tokenizer import get_encoding
 
 
@@ -131,6 +133,25 @@ def test_val_steps_past_the_val_shards_are_noted(corpus_shards, capsys, val_step
     assert val_loader.rounds == 63  # the val shard's 16,384 tokens: 63 batches of 4 x 64 (+1 for the last target)
     out = capsys.readouterr().out
     assert ("note: the val shards hold 63 batches of 4 x 64: the 64 of --val-steps read some of them twice" in out) == note
+
+
+@pytest.mark.parametrize("complete", [True, False, None])
+def test_shards_of_an_unfinished_fineweb_job_are_noted(corpus_shards, tmp_path, capsys, complete):
+    """Shards of a fineweb.py job killed (or still running) before the end of its input: the run says it trains
+    on the shards written so far. A finished job's, or a folder without fineweb.py's manifest: no note."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_shards, data)
+    manifest = data / PROGRESS_FILE
+    if complete is None:
+        manifest.unlink()
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "complete": complete}))
+    cfg = train_gpt.preset_config("tiny")
+    cfg.data_dir = str(data)
+    train_gpt.make_loaders(cfg, rank=0, world_size=1)
+    note = (f"note: {data} is from a fineweb.py job that has not reached the end of its input: training reads the 6 "
+            "train shards written so far (run the same fineweb.py again to finish)")
+    assert (note in capsys.readouterr().out) == (complete is False)
 
 
 def test_format_duration():
