@@ -71,8 +71,9 @@ def load_model(args: argparse.Namespace) -> GPT:
 
 def prompt_tokens(enc, prompt: str) -> list[int]:
     """The prompt's token ids. An empty prompt starts from <|endoftext|>, where every document of the training
-    data starts: samples of the model's own choosing (GPT-2's unconditional samples)."""
-    return enc.encode_ordinary(prompt) or [EOT]
+    data starts: samples of the model's own choosing (GPT-2's unconditional samples). "<|endoftext|>" in a
+    prompt is that token, as in the text the samples print, not the 7 tokens of its characters."""
+    return enc.encode(prompt, allowed_special={"<|endoftext|>"}) or [EOT]
 
 
 @torch.no_grad()
@@ -146,8 +147,12 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
+    # a terminal or file that can't encode a character (cp1252, ascii) gets "?", not a UnicodeEncodeError mid-sample
+    sys.stdout.reconfigure(errors="replace")
     try:
         main()
+    except KeyboardInterrupt:  # Ctrl-C: stop where the sample got to, without a traceback
+        raise SystemExit(130) from None
     except BrokenPipeError:  # stdout was closed early (`| head`): stop quietly
         # point stdout at devnull, or the interpreter's final flush fails again on the way out
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

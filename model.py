@@ -662,8 +662,8 @@ def sample_next(logits: torch.Tensor, top_k: int | None = None, top_p: float | N
         logits, ids = torch.topk(logits, min(top_k, logits.size(-1)))
     # divided after top_k: the same k tokens at any temperature (a huge one would round every logit to 0, and
     # top_k would then keep the first ids), and k numbers to divide instead of the vocabulary
-    if temperature != 1.0:
-        logits = logits / temperature
+    if temperature != 1.0:  # the top logit shifted to 0 first: a tiny temperature gives -inf, never inf - inf = nan
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_p is not None and top_p < 1.0:
         if ids is None:
             logits, ids = torch.sort(logits, dim=-1, descending=True)

@@ -6,6 +6,8 @@ tested in test_train.py.
 """
 
 import io
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -117,6 +119,16 @@ def test_top_k_keeps_the_likeliest_at_any_temperature():
     assert abs((drawn == 9).float().mean().item() - 0.5) < 0.05
 
 
+@pytest.mark.parametrize("filters", [{}, {"top_k": 2}, {"top_p": 0.9}])
+def test_tiny_temperature_picks_the_likeliest(filters):
+    """A temperature near 0 (greedy, as asked) draws the likeliest token, with or without top-k or top-p: below
+    ~1e-38 logits / temperature overflowed to inf, the softmax gave NaN, and the last candidate was drawn."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]]).repeat(4, 1)  # token 1 likeliest
+    for temperature in (1e-30, 1e-40):
+        drawn = sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(0), **filters)
+        assert drawn.flatten().tolist() == [1] * 4
+
+
 def test_top_p_keeps_the_nucleus():
     """top_p keeps the fewest most likely tokens whose probabilities reach p, and samples only those."""
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
@@ -193,6 +205,14 @@ def test_empty_prompt_starts_a_new_document():
                                   dtype=torch.float32, out=io.StringIO()) == one
 
 
+def test_endoftext_in_prompt_is_the_token():
+    """"<|endoftext|>" in a prompt is the document delimiter the samples print for it, not the 7 tokens of its
+    characters: "<|endoftext|>The" starts a new document with "The"."""
+    enc = get_encoding()
+    assert generate.prompt_tokens(enc, "<|endoftext|>The") == [EOT] + enc.encode_ordinary("The")
+    assert generate.prompt_tokens(enc, "end.<|endoftext|>") == enc.encode_ordinary("end.") + [EOT]
+
+
 @pytest.mark.parametrize("options,message", [
     ({"temperature": 0.0}, "temperature must be positive, got 0.0"),
     ({"temperature": float("nan")}, "temperature must be positive, got nan"),
@@ -258,6 +278,33 @@ def test_closed_stdout_ends_quietly(tmp_path):
     proc.stdout.close()  # the reader is gone before the first write: no race with how fast the tokens come
     stderr = proc.communicate(timeout=120)[1]
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_quietly(tmp_path):
+    """Ctrl-C while a sample streams stops generate.py with exit status 130 and no KeyboardInterrupt traceback."""
+    out = save_model(tmp_path, GPT(TINY))
+    proc = subprocess.Popen([sys.executable, str(REPO / "generate.py"), "--checkpoint", out, "--device", "cpu",
+                             "--num-samples", "1", "--max-new-tokens", "100000", "--prompt", "Hello"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(6).startswith(b"Hello")  # the prompt, then the first token: it is sampling
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130
+    assert b"Traceback" not in stderr, stderr.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samples", ["1", "2"], ids=["streamed", "at the end"])
+def test_unencodable_output_is_replaced(tmp_path, samples):
+    """Output to a terminal or file that can't encode a character (PYTHONIOENCODING=ascii here, cp1252 when a
+    Windows console is redirected) prints "?" for it, not a UnicodeEncodeError traceback."""
+    out = save_model(tmp_path, GPT(TINY))
+    proc = subprocess.run([sys.executable, str(REPO / "generate.py"), "--checkpoint", out, "--device", "cpu",
+                           "--num-samples", samples, "--max-new-tokens", "3", "--prompt", "café"],
+                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"caf?" in proc.stdout
 
 
 class Scripted(torch.nn.Module):
