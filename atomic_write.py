@@ -1,7 +1,8 @@
 """
 Write a file or a folder so that a reader, or a run restarted after kill -9, sees the old one or the whole
 new one, never half of it: write to a temporary name beside it, flush to disk, then rename into place
-(a rename within a folder is atomic on POSIX and Windows).
+(a rename within a folder is atomic on POSIX and Windows). A file also survives a power cut: the folder that
+holds its rename is flushed too.
 
     with atomic_write("edu_fineweb10B/val_000000.bin") as tmp:   # a file: tmp is "<path>.tmp"
         with open(tmp, "wb") as f:
@@ -13,6 +14,7 @@ Used for token shards (shards.py) and fineweb.py's progress file, checkpoints (c
 download (hellaswag.py), the W&B run id (run_log.py) and Hugging Face exports (export_hf.py).
 """
 
+import errno
 import os
 import shutil
 import tempfile
@@ -25,6 +27,21 @@ def current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def fsync_folder(path: str) -> None:
+    """Flush a folder's entries (a rename, a new file) to disk: fsync of a file doesn't, and after a power cut
+    the rename could be undone. POSIX only: Windows can't open a folder, and NTFS journals the rename itself."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system that can't sync a folder: nothing to do
+            raise
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -60,6 +77,7 @@ def atomic_write(path: str, tmp: str | None = None, folder: bool = False) -> Ite
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            fsync_folder(os.path.dirname(os.path.abspath(path)))  # and the rename is, before anything counts on it
     finally:
         if folder and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

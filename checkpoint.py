@@ -52,14 +52,16 @@ def checkpoint_path(out_dir: str, step: int) -> str:
     return os.path.join(out_dir, f"ckpt_{step:06d}.pt")
 
 
+def checkpoint_step(path: str) -> int | None:
+    """The step in a checkpoint's name (ckpt_<step>.pt), or None for another name (a temporary file)."""
+    m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(out_dir: str) -> list[str]:
     """The checkpoints (ckpt_<step>.pt) in out_dir, newest first; temporary files don't match."""
-    steps = {}
-    for path in glob.glob(os.path.join(glob.escape(out_dir), "ckpt_*.pt")):  # escape: a folder named run[1]
-        m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
-        if m:
-            steps[path] = int(m.group(1))
-    return sorted(steps, key=steps.get, reverse=True)
+    paths = glob.glob(os.path.join(glob.escape(out_dir), "ckpt_*.pt"))  # escape: a folder named run[1]
+    return sorted((p for p in paths if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True)
 
 
 def latest_checkpoint(out_dir: str) -> str | None:
@@ -67,11 +69,20 @@ def latest_checkpoint(out_dir: str) -> str | None:
     return next(iter(list_checkpoints(out_dir)), None)
 
 
-def prune_checkpoints(out_dir: str, keep: int) -> None:
-    """Delete all but the `keep` newest checkpoints (keep=0: delete none)."""
-    if keep > 0:
-        for path in list_checkpoints(out_dir)[keep:]:
-            os.remove(path)
+def prune_checkpoints(out_dir: str, keep: int, written: str | None = None) -> None:
+    """Delete all but the `keep` newest checkpoints (keep=0: delete none), counting from `written`, the one just
+    written (default: the newest). Those past it are damaged ones a resumed run skipped: counted, they would
+    have it deleted, and every good checkpoint with it. They stay until the run writes their step again."""
+    checkpoints = list_checkpoints(out_dir) if keep > 0 else []
+    if checkpoints:
+        step = checkpoint_step(written or checkpoints[0])
+        for path in [p for p in checkpoints if checkpoint_step(p) < step][keep - 1:]:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # open in another program (Windows), the folder gone read-only: the run goes on
+                print(f"warning: cannot remove {path} (--keep-checkpoints): {os_reason(e)}", file=sys.stderr)
 
 
 def remove_partial_checkpoints(out_dir: str) -> None:

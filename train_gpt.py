@@ -415,7 +415,7 @@ def write_checkpoint(step: int, *, events_done: bool, cfg: TrainConfig, model: G
                 "model": model_state, "optimizer": optim_state, "step": step, "events_done": events_done,
                 "config": asdict(cfg), "train_loader": loader.state_dict(), "rng": rng,
                 "log_bytes": logger.size(), "world_size": world_size})
-            prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints)
+            prune_checkpoints(cfg.out_dir, cfg.keep_checkpoints, written=path)
         except CheckpointError as e:
             error = f"error: {e}; the earlier checkpoints in {cfg.out_dir} are intact"
     # process 0's verdict, to all: a barrier, and if it failed, all stop

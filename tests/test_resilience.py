@@ -21,7 +21,7 @@ import torch
 
 import generate
 import train_gpt
-from checkpoint import latest_checkpoint, load_latest_checkpoint
+from checkpoint import latest_checkpoint, load_latest_checkpoint, prune_checkpoints
 from conftest import REPO, assert_same_run, read_log
 from model import GPT
 from shards import shard_path, write_shard
@@ -303,6 +303,91 @@ def test_keep_checkpoints(corpus_shards, tmp_path):
                     "--val-every", "0", "--sample-every", "0"])
     assert sorted(p.name for p in tmp_path.glob("ckpt_*")) == ["ckpt_000012.pt", "ckpt_000016.pt"]
     assert train_gpt.TrainConfig().keep_checkpoints == 0
+
+
+def test_pruning_keeps_the_checkpoint_just_written(corpus_shards, run_dir, tmp_path):
+    """A resumed run that skipped a damaged newer checkpoint (ckpt_16) keeps the one it just wrote (ckpt_14):
+    counted from the damaged one, --keep-checkpoints 1 deleted it and every good checkpoint with it."""
+    out = copy_run(run_dir, tmp_path)
+    path = out / "ckpt_000016.pt"
+    path.write_bytes(path.read_bytes()[:1000])  # cut short: the resume falls back to ckpt_12
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume",
+                    "--keep-checkpoints", "1", "--max-steps", "14"])
+    assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_000014.pt", "ckpt_000016.pt"]
+    assert load_latest_checkpoint(str(out))[1]["step"] == 14
+
+
+def test_a_checkpoint_that_cannot_be_pruned_is_a_warning(tmp_path, monkeypatch, capsys):
+    """An old checkpoint that can't be deleted (open in another program on Windows, the folder gone read-only)
+    is a warning and the run goes on, not a PermissionError traceback after the new checkpoint is written."""
+    for step in (4, 8, 12):
+        (tmp_path / f"ckpt_{step:06d}.pt").write_bytes(b"")
+    remove = os.remove
+
+    def refuse_ckpt_4(path):
+        if path.endswith("ckpt_000004.pt"):
+            raise PermissionError(13, "Permission denied", path)
+        remove(path)
+    monkeypatch.setattr(os, "remove", refuse_ckpt_4)
+    prune_checkpoints(str(tmp_path), 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000004.pt", "ckpt_000012.pt"]
+    assert capsys.readouterr().err == (f"warning: cannot remove {tmp_path / 'ckpt_000004.pt'} (--keep-checkpoints): "
+                                       "Permission denied\n")
+
+
+def fsyncs(monkeypatch) -> list:
+    """Record, in order, each fsync (of what: the inode synced) and each rename."""
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda src, dst: (events.append(("replace", dst)), replace(src, dst)))
+    return events
+
+
+def test_a_checkpoint_survives_a_power_cut(tmp_path, monkeypatch):
+    """The checkpoint's bytes are flushed before its rename, and its folder after: otherwise a power cut can
+    undo the rename, and the checkpoint the run reported (and pruned the older ones for) is gone."""
+    from checkpoint import save_checkpoint
+    events = fsyncs(monkeypatch)
+    path = str(tmp_path / "ckpt_000004.pt")
+    save_checkpoint(path, {"step": 4})
+    assert events == [("fsync", os.stat(path).st_ino), ("replace", path), ("fsync", os.stat(tmp_path).st_ino)]
+
+
+def test_the_log_is_on_disk_before_a_checkpoint_counts_it(tmp_path, monkeypatch):
+    """The log's length a checkpoint records (Logger.size) is flushed to disk first: after a power cut the
+    checkpoint (flushed) must not outlive the lines it counts, or the resumed run appends to half a line."""
+    from run_log import Logger
+    logger = Logger(str(tmp_path), enabled=True)
+    logger.log(0, train_loss=10.9)
+    events = fsyncs(monkeypatch)
+    try:
+        assert logger.size() == (tmp_path / "log.jsonl").stat().st_size
+    finally:
+        logger.finish()
+    assert events == [("fsync", (tmp_path / "log.jsonl").stat().st_ino)]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose writes fail with ENOSPC")
+def test_disk_full_while_writing_the_log(corpus_shards, tmp_path):
+    """A log write that fails (a full disk: the log is /dev/full) stops the run with one line naming the log and
+    the OS's reason, not an OSError traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").symlink_to("/dev/full")
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out)])
+    assert str(e.value) == f"error: cannot write {out / 'log.jsonl'}: No space left on device"
+
+
+def test_resume_after_a_log_line_cut_short(corpus_shards, run_dir, tmp_path):
+    """A run killed in the middle of a log write leaves half a line: the resumed run cuts it off with the rest
+    after its checkpoint, and logs every step once, as the uninterrupted run did."""
+    out = copy_run(run_dir, tmp_path)
+    (out / "ckpt_000016.pt").unlink()
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"step": 16, "train_lo')
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--resume"])
+    assert_same_run(run_dir, out, 16)
 
 
 @pytest.mark.slow
