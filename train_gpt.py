@@ -464,7 +464,10 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
         logger.truncate(0)  # a new run, a new log
         return 0, False
     path, ckpt = found
-    load_full_state(model, optimizer, ckpt, cfg.fsdp)
+    try:  # weights that don't fit the config saved beside them (an edited checkpoint): one line
+        load_full_state(model, optimizer, ckpt, cfg.fsdp)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: {path} can't be resumed by this model: {one_line(e, whole=True, limit=300)}") from None
     try:
         loader.load_state_dict(ckpt["train_loader"])
     except ShardError as e:
@@ -475,7 +478,9 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
     logger.truncate(ckpt["log_bytes"])  # the log as it was when the checkpoint was written
     if logger.enabled:
         print(f"resumed from {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt.get("events_done", True)
+    # a middle checkpoint that --max-steps makes the last step: its evaluations "at the end" are still to do
+    at_new_end = ckpt["step"] == cfg.max_steps != saved_config(ckpt, "max_steps")
+    return ckpt["step"], ckpt.get("events_done", True) and not at_new_end
 
 # -----------------------------------------------------------------------------
 # one training step

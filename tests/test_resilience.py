@@ -598,6 +598,33 @@ def test_resume_past_max_steps(corpus_shards, run_dir, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_resume_at_a_middle_checkpoint_as_the_last_step_does_the_end_evaluations(corpus_shards, run_dir, tmp_path):
+    """A run killed after its checkpoint at step 12, resumed with --max-steps 12 to end there: step 12 is now
+    the last, so its evaluations "at the end" run (samples, due every 8 steps, were not due at 12 before);
+    before, the checkpoint's "evaluations done" skipped them and the run ended with none."""
+    out = copy_run(run_dir, tmp_path)
+    (out / "ckpt_000016.pt").unlink()
+    train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--max-steps", "12", "--resume"])
+    assert [e["step"] for e in read_log(out) if "samples" in e] == [0, 8, 12]
+    assert load_latest_checkpoint(str(out))[1]["events_done"]
+
+
+def test_resume_with_weights_that_dont_fit_their_config(corpus_shards, run_dir, tmp_path):
+    """A checkpoint whose checksum holds but whose saved config doesn't fit its weights (edited by hand, here to
+    3 layers over 2 layers' weights): one line naming it, not load_state_dict's traceback; nothing changes."""
+    from checkpoint import load_checkpoint, save_checkpoint
+    out = copy_run(run_dir, tmp_path)
+    path = out / "ckpt_000016.pt"
+    ckpt = load_checkpoint(str(path))
+    ckpt.pop("checksum", None)
+    save_checkpoint(str(path), {**ckpt, "config": {**ckpt["config"], "n_layer": 3}})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--n-layer", "3", "--resume"])
+    assert str(e.value).startswith(f"error: {path} can't be resumed by this model: ") and "\n" not in str(e.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_resume_on_shorter_shards(corpus_shards, run_dir, tmp_path):
     """A checkpoint's place in the data past the end of today's shard (the shards made again, smaller) is
     refused with one line, not a reshape error from torch."""
