@@ -11,7 +11,7 @@ holds its rename is flushed too.
         model.save_pretrained(tmp)
 
 Used for token shards (shards.py) and fineweb.py's progress file, checkpoints (checkpoint.py), the HellaSwag
-download (hellaswag.py), the W&B run id (run_log.py) and Hugging Face exports (export_hf.py).
+download (hellaswag.py), the W&B run id (run_log.py), the plot (plot_log.py) and Hugging Face exports (export_hf.py).
 """
 
 import errno
