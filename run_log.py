@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import uuid
@@ -140,12 +141,24 @@ class Logger:
 
 
 def run_info(cfg, device: str, world_size: int) -> dict:
-    """What a reader of the log needs to reproduce the run: config, versions, hardware."""
-    info = {"config": asdict(cfg), "python": platform.python_version(), "torch": torch.__version__,
-            "device": device, "world_size": world_size, "argv": sys.argv}
+    """What a reader of the log needs to reproduce the run: config, code, versions, hardware."""
+    info = {"config": asdict(cfg), "git": source_version(), "python": platform.python_version(),
+            "torch": torch.__version__, "device": device, "world_size": world_size, "argv": sys.argv}
     if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu"], info["cuda"] = torch.cuda.get_device_name(device), torch.version.cuda
     return info
+
+
+def source_version() -> str | None:
+    """The git commit of this code, with "+dirty" if its tracked files differ from it; None outside a git
+    checkout (a downloaded archive) or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def format_duration(seconds: float) -> str:

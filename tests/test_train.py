@@ -7,6 +7,10 @@ Exact resume is tested in test_resilience.py.
 
 import math
 import os
+import re
+import shutil
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import torch
 import generate
 import hellaswag
 import train_gpt
-from conftest import metric, read_log, train
+from conftest import REPO, metric, read_log, train
 from train_gpt import TrainConfig, get_lr, parse_config
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "tiny_losses.txt"
@@ -83,6 +87,18 @@ def test_log_and_samples(trained):
     assert sorted(samples) == [0, 20, 40]
     assert len(samples[40]) == 4 and all(s.startswith("Hello, I'm a language model,") for s in samples[40])
     assert log[0]["event"] == "start" and log[0]["config"]["preset"] == "tiny"
+
+
+def test_log_names_the_code(trained, tmp_path):
+    """The start event names the code that ran: its git commit (+dirty when tracked files differ), or None for
+    a copy of the code outside a git checkout (a downloaded archive)."""
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", read_log(trained)[0]["git"])
+    for name in ("run_log.py", "atomic_write.py"):
+        shutil.copy(REPO / name, tmp_path)
+    out = subprocess.run([sys.executable, "-c", "import run_log; print(run_log.source_version())"], cwd=tmp_path,
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)})  # no checkout above
+    assert out.stdout.strip() == "None"
 
 
 def test_hellaswag_in_training(trained):
