@@ -22,7 +22,9 @@ def pick_device(name: str, local_rank: int = 0) -> str:
     if name not in ("auto", "cuda", "mps", "cpu"):
         raise SystemExit(f"error: --device must be auto, cuda, mps or cpu, got {name!r}")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise SystemExit("error: --device mps, but MPS is not available")
+        built = torch.backends.mps.is_built()
+        raise SystemExit("error: --device mps, but MPS is not available" +
+                         ("" if built else f": this torch ({torch.__version__}) was built without it"))
     if name == "auto":
         if torch.cuda.is_available():
             name = "cuda"
@@ -32,7 +34,9 @@ def pick_device(name: str, local_rank: int = 0) -> str:
             name = "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda, but no CUDA device is available")
+            why = ("no CUDA device is visible (its driver? CUDA_VISIBLE_DEVICES?)" if torch.backends.cuda.is_built()
+                   else f"this torch ({torch.__version__}) was built without CUDA: install a CUDA build of it")
+            raise SystemExit(f"error: --device cuda, but {why}")
         if local_rank >= torch.cuda.device_count():
             raise SystemExit(f"error: process {local_rank} of this machine has no GPU of its own: the machine has "
                              f"{torch.cuda.device_count()}, start at most that many (--nproc_per_node)")
@@ -48,11 +52,17 @@ def autocast_dtype(device_type: str, dtype: str) -> torch.dtype:
         return torch.float32
     if dtype == "bfloat16":
         return torch.bfloat16
-    if device_type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device_type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # AVX-512 BF16 or AMX
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if native_bf16(device_type) else torch.float32
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether the device computes bfloat16 in hardware: an NVIDIA GPU since Ampere (torch's plain
+    is_bf16_supported() also says yes for a V100 or T4, which emulate it), a CPU with AVX-512 BF16 or AMX."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False
 
 
 def autocast(device_type: str, dtype: torch.dtype):
@@ -60,6 +70,13 @@ def autocast(device_type: str, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the work queued on a GPU (CUDA or Apple's MPS), so that a timing counts it; a CPU has none."""
+    device_type = device.split(":")[0]
+    if device_type in ("cuda", "mps"):
+        torch.get_device_module(device_type).synchronize()
 
 
 @contextmanager

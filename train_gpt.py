@@ -31,7 +31,8 @@ import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, prune_checkpoints,
                         remove_partial_checkpoints, save_checkpoint)
 from dataloader import DataLoaderLite
-from device import DTYPES, autocast, autocast_dtype, configure_for_training, pick_device
+from device import (DTYPES, autocast, autocast_dtype, configure_for_training, native_bf16, pick_device,
+                    synchronize)
 from distributed import any_process, full_state, load_full_state, same_in_every_process, setup_distributed, shard_model
 from errors import one_line
 from generate import sample_text
@@ -322,7 +323,7 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
         {"params": [p for n, p in params if p.dim() >= 2 and n not in hidden], "weight_decay": cfg.weight_decay},
         {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    ns_dtype = torch.bfloat16 if device_type == "cuda" else None  # float32 where bfloat16 is emulated
+    ns_dtype = torch.bfloat16 if device_type == "cuda" and native_bf16("cuda") else None  # else float32
     return MuonAdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, ns_dtype=ns_dtype)
 
 
@@ -531,8 +532,7 @@ def train_step(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, load
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's matrices: their own peak, the same schedule
     optimizer.step()
-    if device_type == "cuda":
-        torch.cuda.synchronize()  # the step's time, not the time to queue its kernels
+    synchronize(device)  # the step's time, not the time to queue its kernels
     dt = time.perf_counter() - t0
     return {"train_loss": train_loss, "lr": lr, "grad_norm": grad_norm, "dt_ms": dt * 1000,
             "tok_per_s": cfg.total_batch_size / dt}

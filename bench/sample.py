@@ -33,17 +33,15 @@ from generate import prompt_tokens  # noqa: E402
 from train_gpt import PRESETS  # noqa: E402
 from tokenizer import get_encoding  # noqa: E402
 from bench.train import bench_model  # noqa: E402
-from device import DTYPES, autocast, autocast_dtype, pick_device, varying_shapes  # noqa: E402
+from device import DTYPES, autocast, autocast_dtype, pick_device, synchronize, varying_shapes  # noqa: E402
 
 
 def timed(fn, device: str):
     """(seconds, result) of one call of fn()."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(device)
     t0 = time.perf_counter()
     out = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - t0, out
 
 

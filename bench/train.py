@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import train_gpt  # noqa: E402
 from bench.baseline import PlainGPT, plain_optimizer, plain_step  # noqa: E402
-from device import autocast, autocast_dtype, configure_for_training, pick_device  # noqa: E402
+from device import autocast, autocast_dtype, configure_for_training, pick_device, synchronize  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
@@ -61,20 +61,15 @@ def matmul_peak(device: str, dtype: torch.dtype, sizes=None, repeats: int = 3) -
         a @ b  # warm-up: allocation, kernel choice
         fastest = float("inf")
         for _ in range(repeats):
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             a @ b
-            sync(device)
+            synchronize(device)
             fastest = min(fastest, time.perf_counter() - t0)
         best = max(best, 2 * n ** 3 / fastest)
         if fastest > 1.0:
             break
     return best
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def peak_memory_mb(device: str) -> float:
@@ -136,10 +131,10 @@ def worker(args) -> dict:
 
     times, first_loss = [], None
     for step in range(args.warmup + args.steps):
-        sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         loss = run(step)
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
         first_loss = loss if first_loss is None else first_loss
     step_s = statistics.median(times[args.warmup:])
