@@ -101,8 +101,14 @@ def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, fsdp: b
 
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, fsdp: bool) -> None:
     """The inverse of full_state: every process loads the checkpoint's whole state and keeps its own shards.
-    The optimizer's settings (weight decay, Muon's lr_scale, ...) stay this run's: its flags, not the saved ones."""
+    The optimizer's settings (weight decay, Muon's lr_scale, fused, ...) stay this run's: its flags, not the
+    saved ones. They go in before the load, which places AdamW's step counts by them (with fused, on the
+    weights' device): a checkpoint of a Mac's unfused AdamW left them on the CPU for a GPU's fused kernel."""
     settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    saved = ckpt["optimizer"]
+    if len(saved["param_groups"]) == len(settings):  # (else torch's load refuses it, naming the difference)
+        groups = [{**group, **own} for group, own in zip(saved["param_groups"], settings)]
+        ckpt = {**ckpt, "optimizer": {**saved, "param_groups": groups}}
     if not fsdp:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
