@@ -310,7 +310,7 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
             {"params": [p for _, p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
             {"params": [p for _, p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        fused = device_type in ("cuda", "cpu")  # one kernel for the whole update instead of one per tensor
+        fused = device_type in ("cuda", "cpu", "mps")  # one kernel for the whole update instead of one per tensor
         return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
     hidden = {n for n, p in params if p.dim() == 2 and ".h." in f".{n}"}  # in the blocks; not wte / lm_head
     qkv = {n for n in hidden if n.endswith("attn.c_attn.weight")}
