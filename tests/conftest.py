@@ -7,8 +7,12 @@ fresh clone runs the whole suite offline. Tests that start processes, compile or
     python -m pytest tests/ -q                 # everything, as CI runs it
 """
 
+import atexit
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,9 +31,36 @@ TINY = GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32)  # seconds on a 
 MODERN = dict(rope=True, qk_norm=True, mlp="relu2", logit_softcap=15.0, zero_init_proj=True)
 
 
+# matplotlib's font cache and settings in a temporary folder, not in HOME (read-only in CI): set before any test
+# module imports plot_log, which imports matplotlib, which reads it then
+if "MPLCONFIGDIR" not in os.environ:
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
+    atexit.register(shutil.rmtree, os.environ["MPLCONFIGDIR"], True)
+CI = os.environ.get("CI") == "true"
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts processes (subprocess, torchrun, signals), compiles, or runs "
                                        "long; deselect with -m 'not slow'")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (CI=true) a skipped test fails: what it needs (a package, a file, the platform) is missing there,
+    and a skip would hide that the test never ran."""
+    report = (yield).get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole test file skipped while it is collected (pytest.importorskip at its top)."""
+    report = (yield).get_result()
+    if CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
 
 
 @pytest.fixture(autouse=True)
