@@ -8,6 +8,7 @@ scoring (test_hellaswag.py), hand-written attention (test_model.py) and DDP (tes
 """
 
 import re
+import shutil
 
 import pytest
 import torch
@@ -242,9 +243,12 @@ def test_modern_checkpoint_serves_every_tool(corpus_shards, modern_run, tmp_path
 
 
 def test_old_checkpoints_still_load(corpus_shards, tmp_path):
-    """A checkpoint written before the recipe's fields existed is a GPT-2 one: it loads and resumes."""
-    train(corpus_shards, tmp_path / "run", "--max-steps", "4", "--warmup-steps", "1", "--checkpoint-every", "2",
-          "--val-every", "0")
+    """A checkpoint written before the recipe's fields existed is a GPT-2 one: it loads, and resumes as the
+    same run, bit for bit."""
+    flags = ("--max-steps", "6", "--warmup-steps", "1", "--checkpoint-every", "2", "--val-every", "0")
+    train(corpus_shards, tmp_path / "ref", *flags)
+    shutil.copytree(tmp_path / "ref", tmp_path / "run")
+    (tmp_path / "run" / "ckpt_000006.pt").unlink()
     path = tmp_path / "run" / "ckpt_000004.pt"
     ckpt = load_checkpoint(str(path))
     for k in ("recipe", "rope", "qk_norm", "mlp", "logit_softcap", "zero_init_proj", "optimizer", "muon_lr",
@@ -252,6 +256,5 @@ def test_old_checkpoints_still_load(corpus_shards, tmp_path):
         del ckpt["config"][k]
     save_checkpoint(str(path), ckpt)
     assert model_from_checkpoint(load_checkpoint(str(path))).config.is_gpt2
-    train(corpus_shards, tmp_path / "run", "--max-steps", "6", "--warmup-steps", "1", "--checkpoint-every", "2",
-          "--val-every", "0", "--resume")
-    assert (tmp_path / "run" / "ckpt_000006.pt").exists()
+    train(corpus_shards, tmp_path / "run", *flags, "--resume")
+    assert_same_run(tmp_path / "ref", tmp_path / "run", 6)
