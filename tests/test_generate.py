@@ -1,8 +1,8 @@
 """python -m pytest tests/test_generate.py -v
 
 Sampling: the KV cache against full recompute, the top-k / top-p / padding filters, the streaming of
-generate.py (whole UTF-8 characters), and its command-line errors. generate.py on a trained checkpoint is
-tested in test_train.py.
+generate.py (whole UTF-8 characters), its --top-k, --top-p and --temperature reaching the sampler, and its
+command-line errors. generate.py on a trained checkpoint is tested in test_train.py.
 """
 
 import io
@@ -394,3 +394,74 @@ def test_cut_short_weights_file_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="^error: cannot load --model .*: the weights file of .* is damaged") as e:
         generate.main(["--model", str(tmp_path), "--device", "cpu"])
     assert "\n" not in str(e.value)
+
+# -----------------------------------------------------------------------------
+# generate.py's sampling flags reach the sampler
+
+
+PROMPT = "The cat sat on"
+
+
+def sampled_model(tmp_path) -> tuple[GPT, str]:
+    """A random model of GPT-2's vocabulary with spread-out predictions, and an out dir holding it."""
+    model = random_model(TINY, seed=4, scale=0.3)
+    return model, save_model(tmp_path, model)
+
+
+def run_generate(out: str, samples: str, *flags: str) -> list[str]:
+    """generate.main on out's checkpoint, on CPU, 12 new tokens after PROMPT, seed 42 (its default)."""
+    return generate.main(["--checkpoint", out, "--device", "cpu", "--prompt", PROMPT, "--num-samples", samples,
+                          "--max-new-tokens", "12", *flags])
+
+
+def greedy(model: GPT, n: int) -> str:
+    """PROMPT continued by the likeliest token (of GPT-2's, not the padding) n times, by full forward passes."""
+    enc = get_encoding()
+    idx = torch.tensor([enc.encode_ordinary(PROMPT)])
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(idx)
+            idx = torch.cat([idx, logits[:, -1, :enc.n_vocab].argmax(dim=-1, keepdim=True)], dim=1)
+    return enc.decode(idx[0].tolist())
+
+
+def seeded(model: GPT, n: int, samples: int, **kw) -> list[str]:
+    """samples continuations of PROMPT by n tokens that model.generate draws from seed 42 with kw."""
+    enc = get_encoding()
+    idx = torch.tensor([enc.encode_ordinary(PROMPT)] * samples)
+    out = model.eval().generate(idx, n, n_vocab=enc.n_vocab, generator=torch.Generator().manual_seed(42), **kw)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+SAMPLES = pytest.mark.parametrize("samples", ["1", "2"], ids=["streamed", "at the end"])
+
+
+@SAMPLES
+def test_top_k_1_is_greedy(tmp_path, samples):
+    """generate.py --top-k 1 continues the prompt with the likeliest token each time (every sample the same),
+    where its default top-k of 50 draws other tokens."""
+    model, out = sampled_model(tmp_path)
+    want = greedy(model, 12)
+    assert run_generate(out, samples, "--top-k", "1") == [want] * int(samples)
+    assert want not in run_generate(out, samples)  # the default samples: the flag is what made them greedy
+
+
+@SAMPLES
+def test_top_p_reaches_the_sampler(tmp_path, samples):
+    """generate.py --top-p 1e-9 (with --top-k 0: no top-k) keeps only the likeliest token: greedy decoding; and
+    --top-p 0.9 draws what the model's generate draws with top_p=0.9 from the same seed."""
+    model, out = sampled_model(tmp_path)
+    assert run_generate(out, samples, "--top-k", "0", "--top-p", "1e-9") == [greedy(model, 12)] * int(samples)
+    got = run_generate(out, samples, "--top-k", "0", "--top-p", "0.9")
+    assert got == seeded(model, 12, int(samples), top_p=0.9)
+    assert got != seeded(model, 12, int(samples))  # top_p changes the draws here
+
+
+@SAMPLES
+def test_temperature_reaches_the_sampler(tmp_path, samples):
+    """generate.py --temperature 0.5 draws what the model's generate draws at temperature 0.5 (with the default
+    top-k of 50) from the same seed, which is not what it draws at temperature 1."""
+    model, out = sampled_model(tmp_path)
+    got = run_generate(out, samples, "--temperature", "0.5")
+    assert got == seeded(model, 12, int(samples), top_k=50, temperature=0.5)
+    assert got != seeded(model, 12, int(samples), top_k=50)

@@ -2,9 +2,10 @@
 
 The optimization numerics against references: Muon's momentum, Nesterov look-ahead, shape scaling and weight
 decay over several steps against Keller Jordan's muon_update in float64; the AdamW half of MuonAdamW against
-torch.optim.AdamW; the parameter groups of configure_optimizer; and train_step's gradient accumulation and
-clipping against one backward pass over the whole batch. Newton-Schulz against the SVD, Muon's first step,
-the schedules and exact resume are in test_recipe.py, test_train.py and test_resilience.py.
+torch.optim.AdamW; the parameter groups of configure_optimizer; train_step's gradient accumulation and
+clipping against one backward pass over the whole batch, and the learning rate it gives each group (Muon's
+scaled by muon_lr / max_lr). Newton-Schulz against the SVD, Muon's first step, the schedules and exact resume
+are in test_recipe.py, test_train.py and test_resilience.py.
 """
 
 from dataclasses import replace
@@ -198,3 +199,29 @@ def test_clip_scales_the_gradient_by_its_global_norm():
     assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)  # float32 against float64: 7e-8 here
     for n in want:
         torch.testing.assert_close(grads[n], want[n] * (0.5 / norm), rtol=0, atol=GRAD_ATOL, msg=lambda m: f"{n}: {m}")
+
+# -----------------------------------------------------------------------------
+# train_step: the learning rate of each group
+
+
+@pytest.mark.parametrize("step", [0, 3, 10, 35, 49], ids=["warmup", "warmup end", "stable", "decay", "last"])
+def test_muon_groups_get_their_own_scaled_schedule(step):
+    """--recipe modern: at each step (warmup, the stable part, the decay of wsd) train_step sets the Muon groups'
+    lr to the schedule's times muon_lr / max_lr, and the AdamW groups' to the schedule's own, before the update."""
+    cfg = replace(train_gpt.apply_recipe(train_gpt.preset_config("tiny"), "modern"), vocab_size=512, batch_size=2,
+                  seq_len=16, total_batch_size=32)
+    assert cfg.muon_lr / cfg.max_lr > 6  # 0.02 / 3e-3: far from 1, so a Muon group at the schedule's lr shows
+    model = GPT(train_gpt.model_config(cfg))
+    optimizer = train_gpt.configure_optimizer(model, cfg, "cpu")
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [(group.get("muon", False), group["lr"]) for group in opt.param_groups]))
+    data = torch.randint(0, 512, (2, 17), generator=torch.Generator().manual_seed(0))
+    metrics = train_gpt.train_step(model=model, optimizer=optimizer, loader=Batches(data[:, :-1], data[:, 1:], 2),
+                                   grad_accum=1, step=step, cfg=cfg, device="cpu", dtype=torch.float32)
+    [groups] = seen  # one update
+    lr = train_gpt.get_lr(step, cfg)
+    assert lr > 0 and metrics["lr"] == lr
+    assert [muon for muon, _ in groups] == [True, True, False, False]  # q/k/v, the other matrices; AdamW's two
+    for muon, group_lr in groups:
+        assert group_lr == pytest.approx(lr * cfg.muon_lr / cfg.max_lr if muon else lr, rel=1e-12)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import generate
 import hellaswag
+import run_log
 import train_gpt
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import HELLASWAG, REPO, TINY, assert_same_run, read_log, train
@@ -161,13 +163,24 @@ def test_format_duration():
     assert format_duration(42.4) == "42s"
 
 
-def test_eta_counts_down(corpus_shards, tmp_path, capsys):
-    """From the second step on, each step line ends with an ETA to the last step; the first has none."""
-    train(corpus_shards, tmp_path / "run", "--max-steps", "5", "--val-every", "0", "--checkpoint-every", "0")
+def test_eta_counts_down(corpus_shards, tmp_path, capsys, monkeypatch):
+    """From the second step on, each step line ends with an ETA to the last step: the steps left times the mean
+    time of the steps since the first, whose warm-up doesn't count; the first two lines have none. ETA's clock
+    moves 100 s in step 0, then 4, 10, 7 and 3 s: 4 s x 4 steps left at step 2, 7 s x 3 at step 3, 7 s x 2 at
+    step 4, 6 s x 1 at step 5."""
+    clock = [0.0]
+    monkeypatch.setattr(run_log, "time", SimpleNamespace(perf_counter=lambda: clock[0]))  # ETA's clock only
+    real_step = train_gpt.train_step
+
+    def timed_step(**kw):
+        clock[0] += {0: 100.0, 1: 4.0, 2: 10.0, 3: 7.0, 4: 3.0, 5: 1.0}[kw["step"]]
+        return real_step(**kw)
+    monkeypatch.setattr(train_gpt, "train_step", timed_step)
+    train(corpus_shards, tmp_path / "run", "--max-steps", "6", "--val-every", "0", "--checkpoint-every", "0")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert len(lines) == 5
+    assert len(lines) == 6
     assert "eta" not in lines[0] and "eta" not in lines[1]  # step 1's pace is not known before it ends
-    assert all("| eta " in line for line in lines[2:])
+    assert [line.partition(" | eta ")[2] for line in lines[2:]] == ["16s", "21s", "14s", "6s"]
 
 
 FAULTS = """
