@@ -72,6 +72,13 @@ def autocast(device_type: str, dtype: torch.dtype):
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch in host memory, on device; to a GPU through pinned memory, so that the copy runs while it computes."""
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def synchronize(device: str) -> None:
     """Wait for the work queued on a GPU (CUDA or Apple's MPS), so that a timing counts it; a CPU has none."""
     device_type = device.split(":")[0]

@@ -8,6 +8,7 @@ process and averages the gradients; FSDP (--fsdp) splits weights, gradients and 
 """
 
 import os
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -54,6 +55,17 @@ def same_in_every_process(value: int, device: str) -> bool:
     t = torch.tensor([value, -value], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # (largest, -smallest)
     return t[0].item() == -t[1].item()
+
+
+def grad_sync(model: torch.nn.Module, last: bool, fsdp: bool):
+    """The context of a micro-step's forward and backward: its gradients are averaged across processes only on
+    the last micro-step of an optimizer step (last), where DDP all-reduces them and FSDP reduce-scatters them,
+    each process keeping the mean of its own shard. One process: nothing to do."""
+    if fsdp:
+        model.set_requires_gradient_sync(last)
+    elif not last and hasattr(model, "no_sync"):  # DDP (compiled or not: the compiled module passes it on)
+        return model.no_sync()
+    return nullcontext()
 
 
 def shard_model(model: GPT, device: str) -> GPT:

@@ -309,6 +309,10 @@ def score_examples(model: GPT, examples: list[dict], enc, device: str = "cpu", d
                 bar.update(len(idx))
     finally:
         model.train(was_training)
+        # under FSDP the root's weights stay gathered after a forward pass: gathered here, inside inference_mode,
+        # training couldn't use them. Freed, the next training step gathers them again
+        if hasattr(model, "reshard"):
+            model.reshard()
     return sums, means
 
 

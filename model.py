@@ -455,8 +455,8 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # the output head and its loss, a chunk of positions at a time
 #
-# The head is most of a small model's compute (for the `seed` model, 2 x 256 x 50,304 of the 102.5 MFLOP
-# per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
+# The head is most of a small model's compute (for the `seed` model, 6 x 256 x 50,304 = 77 of the 102.5 MFLOP
+# a training step spends per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
 # cross-entropy then reads and writes several times over, and keeps for the backward pass. Here a chunk of
 # positions at a time goes through the matmul (HEAD_CHUNK in float32, twice as many in bfloat16: the same
 # bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in

@@ -19,7 +19,6 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 
@@ -32,8 +31,9 @@ from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, 
                         remove_partial_checkpoints, save_checkpoint)
 from dataloader import DataLoaderLite
 from device import (DTYPES, autocast, autocast_dtype, configure_for_training, native_bf16, pick_device,
-                    synchronize)
-from distributed import any_process, full_state, load_full_state, same_in_every_process, setup_distributed, shard_model
+                    synchronize, to_device)
+from distributed import (any_process, full_state, grad_sync, load_full_state, same_in_every_process,
+                         setup_distributed, shard_model)
 from errors import one_line
 from generate import sample_text
 from model import GPT, GPTConfig
@@ -87,7 +87,7 @@ class TrainConfig:
     weight_decay: float = _f(0.1, "decoupled weight decay, applied to matrices only")
     grad_clip: float = _f(1.0, "clip the gradient's global norm to this (0: no clipping)")
     # evaluation, samples and checkpoints (0 turns an event off)
-    val_every: int = _f(250, "val loss every N steps and at the end")
+    val_every: int = _f(250, "val loss every N steps, at the first step and at the end")
     val_steps: int = _f(20, "micro-batches of val tokens per val loss, all processes together (always the same "
                             "tokens, rounded up to a multiple of the number of processes)")
     hellaswag_every: int = _f(250, "HellaSwag accuracy every N steps, at the first step and at the end")
@@ -137,8 +137,8 @@ RECIPES = {
                    max_lr=3e-3, min_lr=0.0, weight_decay=0.0, schedule="wsd", decay_frac=0.4),
 }
 
-MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name in GPTConfig.__dataclass_fields__)  # the model's
-# fields a resumed run must share with its checkpoint: they fix the model, its optimizer's state, the data order
+MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name in GPTConfig.__dataclass_fields__)  # its shape
+# the fields a resumed run must share with its checkpoint: they fix the model, its optimizer's state, the data order
 RESUME_FIELDS = MODEL_FIELDS + ("optimizer", "batch_size", "seq_len", "total_batch_size")
 DEFAULTS = TrainConfig()  # what a checkpoint written before a field existed had, in effect
 
@@ -351,8 +351,8 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, device: str,
                  dtype: torch.dtype) -> float:
-    """Mean loss over the first `steps` val batches, all processes together: the same tokens every time,
-    whatever the number of processes (`steps` rounded up to a multiple of it)."""
+    """Mean loss over the first `steps` val batches, all processes together: the same tokens every time for a
+    given number of processes (`steps` rounded up to a multiple of it)."""
     model.eval()
     loader.reset()
     world_size = dist.get_world_size() if dist.is_initialized() else 1
@@ -364,8 +364,7 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
             _, loss = model(x.to(device), y.to(device))
         total += loss.detach()
     if dist.is_initialized():
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        total /= dist.get_world_size()
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
     model.train()
     return (total / steps).item()
 
@@ -489,34 +488,23 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
 
 def train_step(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoaderLite, grad_accum: int,
                step: int, cfg: TrainConfig, device: str, dtype: torch.dtype) -> dict:
-    """One optimizer step: grad_accum micro-batches, their gradients summed, then one update. Returns the
+    """One optimizer step: grad_accum micro-batches, their gradients averaged, then one update. Returns the
     step's metrics for the log: train_loss, lr, grad_norm, dt_ms, tok_per_s; or, for a non-finite loss
     with --skip-nonfinite, what was skipped."""
     device_type = device.split(":")[0]
-    world_size = dist.get_world_size() if dist.is_initialized() else 1
     t0 = time.perf_counter()
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss_accum = torch.zeros((), device=device)
     for micro_step in range(grad_accum):
-        x, y = loader.next_batch()
-        if device_type == "cuda":  # pinned host memory: the copy runs while the GPU still computes
-            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        else:
-            x, y = x.to(device), y.to(device)
-        # average the gradients across processes on the last micro-step only: DDP all-reduces them,
-        # FSDP reduce-scatters them, each process keeping the mean of its own shard
-        last = micro_step == grad_accum - 1
-        if cfg.fsdp:
-            model.set_requires_gradient_sync(last)
-        sync = model.no_sync() if world_size > 1 and not cfg.fsdp and not last else nullcontext()
-        with sync:
+        x, y = (to_device(t, device) for t in loader.next_batch())
+        with grad_sync(model, micro_step == grad_accum - 1, cfg.fsdp):  # across processes: on the last only
             with autocast(device_type, dtype):
                 _, loss = model(x, y)
             loss = loss / grad_accum  # the mean over the whole batch, not a sum of means
             loss_accum += loss.detach()
             loss.backward()
-    if world_size > 1:
+    if dist.is_initialized():
         dist.all_reduce(loss_accum, op=dist.ReduceOp.AVG)
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     # every process sees the same averaged loss and norm, so they all make the same choice here
@@ -564,7 +552,7 @@ def main(argv=None) -> None:
     if master:
         remove_partial_checkpoints(cfg.out_dir)  # what a crash left half-written
 
-    # data: each optimizer step sums the gradients of grad_accum micro-batches of B x T tokens per process
+    # data: each optimizer step averages the gradients of grad_accum micro-batches of B x T tokens per process
     grad_accum = cfg.total_batch_size // (cfg.batch_size * cfg.seq_len * world_size)
     train_loader, val_loader = make_loaders(cfg, rank, world_size)
     enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
@@ -605,8 +593,6 @@ def main(argv=None) -> None:
                 if due(cfg.hellaswag_every, step):  # every process scores its share of the examples
                     hs = hellaswag.evaluate(model, hellaswag_examples, enc, device, dtype, rank=rank,
                                             world_size=world_size, progress=master, equal_shares=cfg.fsdp)
-                    if cfg.fsdp:
-                        model.reshard()  # the root's weights stay gathered after a forward pass (see shard_model)
                     print0(f"step {step:5d} | hellaswag acc_norm {hs['acc_norm']:.4f} | acc {hs['acc']:.4f} | "
                            f"n {hs['n']}")
                     logger.log(step, hellaswag_acc_norm=hs["acc_norm"], hellaswag_acc=hs["acc"], hellaswag_n=hs["n"])
