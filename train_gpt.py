@@ -604,7 +604,7 @@ def main(argv=None) -> None:
                     logger.log(step, samples=samples)
                 if step > 0 and due(cfg.checkpoint_every, step):
                     print0(f"step {step:5d} | checkpoint {save(step, events_done=True)}")
-            if last_step:
+            if last_step:  # the weights after max_steps updates are evaluated and saved: nothing left to train
                 break
             # a single training step
             seconds_left = eta.seconds(step)
