@@ -88,14 +88,16 @@ def crash_at_write(monkeypatch, k: int) -> None:
 
 def kill_when(proc, out, moment, rng, sig) -> str:
     """Wait for a moment of a fineweb.py run, then signal its process group (the script and its tokenizer
-    processes, as kill -9 of them all or Ctrl-C in a terminal do); what the moment was."""
-    deadline = time.monotonic() + 60
+    processes, as kill -9 of them all or Ctrl-C in a terminal do); what the moment was. ("shards", k): once
+    k shards are on disk; ("random", n): once a random number of them, 0 to n - 1, are (0: as soon as the job
+    has started, while the first shard is tokenized). The job writes all its shards within ~20 ms of the first:
+    the poll, not a sleep, is what makes the signal land mid-job."""
     kind, arg = moment
+    k = rng.randrange(arg) if kind == "random" else arg
+    deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
-        if kind == "shards" and len(list(out.glob("*.bin"))) >= arg:
-            break
-        if kind == "random" and (out / fineweb.PROGRESS_FILE).exists():  # imports done, the job has started
-            time.sleep(rng.uniform(0, 1.5))  # the rest of the job takes ~1-2 s
+        # the manifest comes first (imports done, the job has started), then each shard
+        if (out / fineweb.PROGRESS_FILE).exists() and len(list(out.glob("*.bin"))) >= k:
             break
         time.sleep(0.002)
     try:
@@ -103,21 +105,21 @@ def kill_when(proc, out, moment, rng, sig) -> str:
     except ProcessLookupError:
         pass  # it had finished
     proc.wait(timeout=60)
-    return f"{sig!r} at {moment}: {len(list(out.glob('*.bin')))} shards on disk, exit status {proc.returncode}"
+    return f"{sig!r} once {k} shards were on disk: {len(list(out.glob('*.bin')))} there, exit {proc.returncode}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment,workers,sig", [
     (("shards", 1), "1", signal.SIGKILL),
     (("shards", 4), "2", signal.SIGKILL),
-    (("random", None), "2", signal.SIGKILL),
+    (("random", 6), "2", signal.SIGKILL),  # 0 to 5 of the job's 7 shards
     (("shards", 2), "2", signal.SIGINT),
 ], ids=["kill -9 after shard 1", "kill -9 after shard 4, 2 workers", "kill -9 at a random time, 2 workers",
         "Ctrl-C after shard 2, 2 workers"])
 def test_killed_run_resumes_to_the_same_bytes(corpus_slice, corpus_shards, tmp_path, capsys, moment, workers, sig):
-    """fineweb.py killed with SIGKILL (after the 1st or 4th shard, or at a random time) or stopped with Ctrl-C
-    leaves only complete, correct shards, and the same command run again writes what an uninterrupted run
-    writes, without rewriting the shards it had recorded."""
+    """fineweb.py killed with SIGKILL mid-job (after the 1st or 4th shard, or after a random number of them) or
+    stopped with Ctrl-C leaves only complete, correct shards, and the same command run again writes what an
+    uninterrupted run writes, without rewriting the shards it had recorded."""
     ref = shard_bytes(corpus_shards)  # the same job, uninterrupted, with 1 worker
     out = tmp_path / "out"
     args = ["--input", str(corpus_slice), "--out-dir", str(out), "--shard-size", "16384", "--workers", workers]
@@ -138,6 +140,9 @@ def test_killed_run_resumes_to_the_same_bytes(corpus_slice, corpus_shards, tmp_p
         read_shard(str(out / name))
     recorded = json.loads((out / fineweb.PROGRESS_FILE).read_text())["shards"] if (
         out / fineweb.PROGRESS_FILE).exists() else []
+    what += f", {len(recorded)} of {len(ref)} shards recorded"
+    if sig == signal.SIGKILL:  # really killed, mid-job: not a re-run of a finished job
+        assert proc.returncode == -signal.SIGKILL and len(recorded) < len(ref), what
     before = mtimes(out)
     fineweb.main(args)
     assert shard_bytes(out) == ref, what

@@ -21,9 +21,9 @@ import torch
 
 import hellaswag
 from bench.baseline import plain_hellaswag
-from conftest import HELLASWAG, ITEM, MODERN, REPO, small_gpt, write_model_checkpoint
+from conftest import HELLASWAG, ITEM, MODERN, REPO, random_model, small_gpt, write_model_checkpoint
 from hellaswag import HellaSwagError, count_correct, evaluate, load_examples, score_examples, val_file
-from model import GPT
+from model import GPT, GPTConfig
 from tokenizer import get_encoding
 
 @pytest.fixture(scope="module")
@@ -312,6 +312,23 @@ def test_batched_equals_one_at_a_time(enc, hellaswag_data, one_thread):
     torch.testing.assert_close(sums, one_sums)
     torch.testing.assert_close(means, one_means)
     assert torch.equal(sums.argmin(1), one_sums.argmin(1)) and torch.equal(means.argmin(1), one_means.argmin(1))
+
+
+def test_evaluate_reports_acc_by_sum_and_acc_norm_by_mean(enc, hellaswag_data):
+    """evaluate's acc is the share of examples whose ending of the lowest summed loss is the label, its acc_norm
+    the share whose ending of the lowest mean loss is, both counted here from plain scoring's losses of each
+    ending; on a random model whose two differ, so that swapping them can't go unseen."""
+    model = random_model(GPTConfig(block_size=160, n_layer=1, n_head=2, n_embd=32, vocab_size=512), seed=1)
+    examples = load_examples(str(hellaswag_data), limit=20)
+    sums, means = plain_hellaswag(lambda idx: model(idx)[0], examples, SmallVocab(enc))
+    for losses in (sums, means):  # no near-tie that the packed path's rounding could tip the other way
+        best_two = losses.sort(1).values[:, :2]
+        assert (best_two[:, 1] - best_two[:, 0]).min() > 1e-3
+    labels = torch.tensor([ex["label"] for ex in examples])
+    acc = (sums.argmin(1) == labels).sum().item() / len(examples)
+    acc_norm = (means.argmin(1) == labels).sum().item() / len(examples)
+    assert acc != acc_norm  # 5 and 7 of 20 with this seed
+    assert evaluate(model, examples, SmallVocab(enc), batch_size=8) == {"n": 20, "acc": acc, "acc_norm": acc_norm}
 
 
 def test_evaluate_restores_mode_and_leaves_rng_alone(enc, hellaswag_data):
