@@ -89,6 +89,7 @@ def test_log_and_samples(trained):
     assert log[0]["event"] == "start" and log[0]["config"]["preset"] == "tiny"
 
 
+@pytest.mark.slow
 def test_log_names_the_code(trained, tmp_path):
     """The start event names the code that ran: its git commit (+dirty when tracked files differ), or None for
     a copy of the code outside a git checkout (a downloaded archive)."""
