@@ -3,7 +3,7 @@
 The data the tests read ships with them in tests/data (its README says where each file comes from), so a
 fresh clone runs the whole suite offline. Tests that start processes, compile or take long are marked `slow`:
 
-    python -m pytest tests/ -q -m "not slow"   # the developer's loop, about a minute and a half
+    python -m pytest tests/ -q -m "not slow"   # the developer's loop, under two minutes
     python -m pytest tests/ -q                 # everything, as CI runs it
 """
 
