@@ -14,7 +14,6 @@ Used for token shards (shards.py) and fineweb.py's progress file, checkpoints (c
 download (hellaswag.py), the W&B run id (run_log.py), the plot (plot_log.py) and Hugging Face exports (export_hf.py).
 """
 
-import errno
 import os
 import shutil
 import tempfile
@@ -31,17 +30,18 @@ def current_umask() -> int:
 
 def fsync_folder(path: str) -> None:
     """Flush a folder's entries (a rename, a new file) to disk: fsync of a file doesn't, and after a power cut
-    the rename could be undone. POSIX only: Windows can't open a folder, and NTFS journals the rename itself."""
+    the rename could be undone. Best effort, as databases do it: Windows can't open a folder (NTFS journals the
+    rename itself), and some file systems or permissions refuse; the file itself is already written and in place."""
     if os.name == "nt":
         return
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system that can't sync a folder: nothing to do
-            raise
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 @contextmanager

@@ -129,8 +129,8 @@ class Logger:
             try:
                 with open(self.path, "a") as f:  # (Windows flushes only a file open for writing)
                     os.fsync(f.fileno())
-            except OSError as e:
-                raise SystemExit(f"error: cannot write {self.path}: {e.strerror}") from None
+            except OSError:  # best effort: a failing disk fails the checkpoint's own write next, which stops the run
+                pass
         return os.path.getsize(self.path)
 
     def truncate(self, size: int) -> None:
@@ -156,7 +156,7 @@ def source_version() -> str | None:
         return subprocess.run(["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
                               text=True, timeout=30, check=True).stdout.strip()
     try:
-        dirty = git("status", "--porcelain", "--untracked-files=no")  # tracked files changed since the commit
+        dirty = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")  # (no index.lock taken)
         return git("rev-parse", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

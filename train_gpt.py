@@ -467,6 +467,8 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
     try:  # weights that don't fit the config saved beside them (an edited checkpoint): one line
         load_full_state(model, optimizer, ckpt, cfg.fsdp)
     except (RuntimeError, ValueError, KeyError) as e:
+        if isinstance(e, (torch.OutOfMemoryError, dist.DistError)):  # the machine's problem, not the checkpoint's
+            raise
         raise SystemExit(f"error: {path} can't be resumed by this model: {one_line(e, whole=True, limit=300)}") from None
     try:
         loader.load_state_dict(ckpt["train_loader"])
@@ -564,7 +566,7 @@ def main(argv=None) -> None:
     start_step, events_done = resume(cfg, found, model, optimizer, train_loader, logger, device)
     save = partial(write_checkpoint, cfg=cfg, model=model, optimizer=optimizer, loader=train_loader, logger=logger,
                    device=device, world_size=world_size)
-    logger.log(start_step, event="resume" if found else "start", **run_info(cfg, device, world_size))
+    logger.log(start_step, event="resume" if found else "start", **(run_info(cfg, device, world_size) if master else {}))
     print0(f"model: {model.num_params():,} parameters | device {device} | autocast {dtype} | "
            f"{world_size} process(es) | {grad_accum} micro-steps of {cfg.batch_size} x {cfg.seq_len} per step")
 
