@@ -58,7 +58,7 @@ class InputError(Exception):
 
 def check_inputs(paths: list[str]) -> None:
     """Refuse, before any work, input files that are missing, empty, of a type we don't read, or given twice."""
-    seen = {}  # real path -> the path given (a glob and a name, a link and its target are the same file)
+    seen = {}  # (device, inode) -> the path given: a glob and a name, a link and its target are the same file
     for path in paths:
         if os.path.isdir(path):
             raise SystemExit(f"error: {path} is a folder: give the files in it, e.g. {path}/*.jsonl")
@@ -68,11 +68,12 @@ def check_inputs(paths: list[str]) -> None:
             raise SystemExit(f"error: {path}: input files must be .txt, .jsonl or .parquet")
         if os.path.getsize(path) == 0:
             raise SystemExit(f"error: {path} is empty")
-        real = os.path.realpath(path)
-        if real in seen:
-            what = "given twice" if seen[real] == path else f"the same file as {seen[real]}"
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino)  # (a hard link, or another case of the name on macOS, is the same file too)
+        if key in seen:
+            what = "given twice" if seen[key] == path else f"the same file as {seen[key]}"
             raise SystemExit(f"error: {path} is {what}: its documents would be in the shards twice")
-        seen[real] = path
+        seen[key] = path
 
 
 JSONL_BLOCK = 1 << 20  # a .jsonl goes to the workers in blocks of whole lines, about this many bytes each

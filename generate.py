@@ -148,7 +148,8 @@ def main(argv=None) -> list[str]:
 
 if __name__ == "__main__":
     # a terminal or file that can't encode a character (cp1252, ascii) gets "?", not a UnicodeEncodeError mid-sample
-    sys.stdout.reconfigure(errors="replace")
+    if hasattr(sys.stdout, "reconfigure"):  # (not in a notebook's %run, whose stdout is its own)
+        sys.stdout.reconfigure(errors="replace")
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C: stop where the sample got to, without a traceback

@@ -332,12 +332,14 @@ def test_input_folder_is_refused(tmp_path):
 
 
 def test_input_given_twice_is_refused(tmp_path):
-    """A file given twice, under the same or another name (a glob and its name, a link), is refused in one line
-    before any work: its documents would be in val and train both."""
+    """A file given twice, under the same or another name (a glob and its name, a link, a hard link), is refused
+    in one line before any work: its documents would be in val and train both."""
     (tmp_path / "a.jsonl").write_text('{"text": "A short document."}\n')
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
+    os.link(tmp_path / "a.jsonl", tmp_path / "hard.jsonl")
     for twice, message in ([tmp_path / "a.jsonl"] * 2, r"a.jsonl is given twice"), (
-            [tmp_path / "a.jsonl", tmp_path / "." / "link.jsonl"], r"link.jsonl is the same file as .*a.jsonl"):
+            [tmp_path / "a.jsonl", tmp_path / "." / "link.jsonl"], r"link.jsonl is the same file as .*a.jsonl"), (
+            [tmp_path / "a.jsonl", tmp_path / "hard.jsonl"], r"hard.jsonl is the same file as .*a.jsonl"):
         with pytest.raises(SystemExit, match=rf"^error: .*{message}: its documents would be in the shards twice$"):
             fineweb.main(["--input", *map(str, twice), "--out-dir", str(tmp_path / "out"), "--workers", "1"])
     assert not (tmp_path / "out").exists()
