@@ -95,8 +95,8 @@ def test_init_from_context_too_short(corpus_shards, hf_dir, tmp_path):
 
 @pytest.mark.slow
 def test_compile_keeps_val_hellaswag_and_samples(corpus_shards, tmp_path, capsys):
-    """--compile: the training losses follow the eager run's, and val loss, HellaSwag and samples still run
-    (they use the model as is), with the same results as eager."""
+    """--compile: the training losses follow the eager run's, and val loss and HellaSwag give the eager run's
+    results (they use the model as is); samples are still drawn (their tokens may part on float32 noise)."""
     flags = ["--max-steps", "4", "--warmup-steps", "2", "--val-every", "2", "--hellaswag-every", "4", "--hellaswag-limit", "8",
              "--hellaswag-data", str(HELLASWAG), "--sample-every", "4", "--checkpoint-every", "4"]
     train(corpus_shards, tmp_path / "eager", *flags)
