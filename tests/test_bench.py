@@ -30,6 +30,9 @@ from conftest import CORPUS, HELLASWAG, REPO
     ([], "error: pass --data SHARDS --hellaswag FILE, or --dry-run"),
 ])
 def test_gpu_script_rejects_bad_arguments_before_any_work(argv, message, tmp_path):
+    """A flag without its value, an unknown flag, a --data folder without train and val shards, a missing
+    --hellaswag file, or neither --data nor --dry-run: exit status 2 and one line on stderr, with nothing run and
+    no --out folder made, not an error after the first step's minutes on a GPU."""
     out = tmp_path / "out"
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--out", str(out), *argv], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
@@ -69,6 +72,10 @@ def test_gpu_script_checks_its_python_before_any_work(missing, tmp_path):
 
 
 def test_sample_bench_times_every_sampler_in_rounds(capsys):
+    """bench/sample.py times the plain sampler and generate with recompute and with the KV cache, round after
+    round: every rate positive, the printed KV-cache ratio the rounds' median with their range, the KV cache's
+    tokens those of recompute. --skip-plain drops the plain sampler, --dtype bfloat16 runs generate in it, and
+    --repeats 0 gets one line."""
     result = sample.main(["--preset", "tiny", "--num-samples", "2", "--max-new-tokens", "5", "--repeats", "3"])
     printed = capsys.readouterr().out
     assert result["same"] is True  # the KV cache drew the tokens of full recompute
@@ -95,6 +102,9 @@ def test_sample_bench_times_every_sampler_in_rounds(capsys):
 
 @pytest.mark.slow
 def test_gpu_script_dry_run(tmp_path):
+    """bench/gpu.sh --dry-run runs every GPU check at toy sizes on a CPU: status 0, the table of the four checks,
+    and in --out (relative to the caller's folder) the step timings, the seed run's log with its evaluations and
+    checkpoint, HellaSwag on 40 examples and the 10-step bfloat16 curve. A broken script shows here, not on a GPU."""
     out = tmp_path / "gpu_check"  # given relative to the caller's directory, as a user would
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--out", "gpu_check"], cwd=tmp_path,
@@ -138,6 +148,9 @@ def small_peak(monkeypatch):
 
 @pytest.mark.parametrize("cap", ["0", "5"])
 def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys, small_peak):
+    """bench/head.py, with and without the soft-cap, times model.head_loss against the plain head (all the logits,
+    then F.cross_entropy): both times positive, the same float32 loss both ways, and the table names its rounds,
+    the cap and the head's matmuls at the measured peak."""
     result = head.main(HEAD + ["--cap", cap])
     printed = capsys.readouterr().out
     assert set(result) == {"plain", "chunked (model.head_loss)", "loss", "matmul_s"}
@@ -149,6 +162,8 @@ def test_head_bench_times_the_chunked_head_against_the_plain_one(cap, capsys, sm
 
 @pytest.mark.slow
 def test_head_bench_compiled(capsys, small_peak):
+    """With --compile, bench/head.py also times both heads under torch.compile, and all four give the plain eager
+    head's loss: compiling changes the speed, not the result."""
     result = head.main(HEAD + ["--compile", "--cap", "5"])
     losses = result["loss"]
     assert set(losses) == {"plain", "chunked (model.head_loss)", "plain, compiled", "chunked, compiled"}
@@ -172,12 +187,17 @@ def test_head_bench_compiled(capsys, small_peak):
                                                                         "not exist"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_head_and_train_benches_reject_bad_flags(bench, argv, message, capsys):
+    """bench/head.py, bench/train.py and bench/bf16_curve.py: a count below its minimum, a soft-cap that is
+    negative, nan or inf, a --json in a missing folder or a --seq-len past the preset's context gets exit status 2
+    and one line naming the flag."""
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     assert e.value.code == 2 and f"error: {message}" in capsys.readouterr().err
 
 
 def test_hellaswag_bench_rejects_a_bad_limit_and_a_missing_file(tmp_path, capsys):
+    """bench/hellaswag.py: a negative --limit gets exit status 2 and one line, and a --data file that doesn't exist
+    stops it with one line naming the file."""
     with pytest.raises(SystemExit) as e:
         bench_hellaswag.main(["--data", str(HELLASWAG), "--limit", "-3"])
     assert e.value.code == 2 and "error: --limit must be at least 0 (0: all), got -3" in capsys.readouterr().err
@@ -216,6 +236,9 @@ def odd_checkpoints(tmp_path_factory) -> dict:
 ])
 def test_hellaswag_and_sample_benches_refuse_a_checkpoint_they_cant_measure(bench, case, skip_plain, message,
                                                                               odd_checkpoints):
+    """bench/hellaswag.py and bench/sample.py stop with one line on a checkpoint they can't measure: a vocabulary
+    smaller than GPT-2's (the tokenizer's ids would index past it) and, without --skip-plain, a model outside
+    GPT-2's architecture, which the plain baseline doesn't compute (a ReLU² or soft-capped one would even load)."""
     argv = ["--checkpoint", odd_checkpoints[case], "--device", "cpu", *(["--skip-plain"] if skip_plain else [])]
     argv += ["--data", str(HELLASWAG), "--limit", "2"] if bench is bench_hellaswag else ["--max-new-tokens", "2"]
     with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}$"):
@@ -223,6 +246,8 @@ def test_hellaswag_and_sample_benches_refuse_a_checkpoint_they_cant_measure(benc
 
 
 def test_hellaswag_bench_names_an_example_too_long_for_the_context(tmp_path):
+    """An example whose ending alone (81 tokens) fills the tiny preset's 64-token context stops bench/hellaswag.py
+    with one line giving the ending's length, not a traceback from the middle of the scoring."""
     data = tmp_path / "hs.jsonl"
     data.write_text(json.dumps({"ctx": "A man", "label": 0, "endings": [" word" * 80] * 4}) + "\n")
     with pytest.raises(SystemExit, match="^error: an ending of 81 tokens leaves no room for context"):
@@ -255,6 +280,8 @@ def test_train_bench_compares_with_the_plain_step_wherever_it_is_listed(capsys):
 @pytest.mark.parametrize("text, message", [("", "--input holds no documents"), ("\n\n", "--input holds no documents"),
                                            ('{"text": 5}\n', "a text field that is not a string")])
 def test_fineweb_bench_refuses_input_without_text(tmp_path, text, message):
+    """bench/fineweb.py on an empty --input, one of blank lines only, or one whose text field is not a string stops
+    with one line before any timing, rather than timing no documents or failing inside the tokenizer."""
     path = tmp_path / "corpus.jsonl"
     path.write_text(text)
     with pytest.raises(SystemExit, match=f"^error: (--input {re.escape(str(path))}: )?{message}$"):
@@ -263,12 +290,16 @@ def test_fineweb_bench_refuses_input_without_text(tmp_path, text, message):
 
 @pytest.mark.parametrize("flag", ["--rounds", "--workers", "--repeat"])
 def test_fineweb_bench_rejects_zero(flag, capsys):
+    """--rounds, --workers or --repeat 0 gets exit status 2 and one line naming the flag: bench/fineweb.py needs at
+    least one of each to measure anything."""
     with pytest.raises(SystemExit) as e:
         bench_fineweb.main(["--input", str(CORPUS), flag, "0"])
     assert e.value.code == 2 and f"error: {flag} must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_bf16_curve_bench_rejects_zero_steps(tmp_path, capsys):
+    """bench/bf16_curve.py --steps 0 gets exit status 2 and one line before any training run: a curve of no steps
+    has nothing to compare."""
     with pytest.raises(SystemExit) as e:
         bf16_curve.main(["--data-dir", str(tmp_path), "--steps", "0"])
     assert e.value.code == 2 and "error: --steps must be at least 1, got 0" in capsys.readouterr().err
@@ -277,6 +308,8 @@ def test_bf16_curve_bench_rejects_zero_steps(tmp_path, capsys):
 @pytest.mark.parametrize("text, error", [(None, "FileNotFoundError"), ("not json\n", "JSONDecodeError"),
                                          ('{"ctx": "no text field"}\n', "KeyError")])
 def test_fineweb_bench_names_a_bad_input_file(tmp_path, text, error):
+    """A missing --input file, one that isn't JSON, or one without a text field stops bench/fineweb.py with one line
+    naming the file and the error's type, not a traceback."""
     path = tmp_path / "corpus.jsonl"
     if text is not None:
         path.write_text(text)
@@ -286,6 +319,8 @@ def test_fineweb_bench_names_a_bad_input_file(tmp_path, text, error):
 
 
 def test_train_bench_rejects_an_unknown_config_before_measuring_the_peak(monkeypatch, capsys):
+    """An unknown name in bench/train.py's --configs gets exit status 2 and one line before the matmul peak, seconds
+    of matmuls, is measured."""
     monkeypatch.setattr(train, "matmul_peak", lambda *a: pytest.fail("the matmul peak was measured first"))
     with pytest.raises(SystemExit) as e:
         train.main(["--preset", "tiny", "--seq-len", "64", "--configs", "ours,bogus"])
@@ -310,6 +345,9 @@ def small_corpus(tmp_path) -> str:
     (["--fractions", "0.1"], "--fractions 0.1: 0.1 of the budget's 2 steps leaves no step"),  # before the full runs
 ])
 def test_recipe_bench_rejects_a_budget_without_steps_before_any_run(argv, message, small_corpus, tmp_path, capsys):
+    """bench/recipe.py: a --batch-tokens or --val-every of 0, a --tokens budget under one step, or a --fractions
+    share of the budget that rounds to no step gets exit status 2 and one line before any training run starts,
+    not after the full-budget runs."""
     with pytest.raises(SystemExit) as e:
         recipe.main(["--corpus", small_corpus, "--out-dir", str(tmp_path / "runs"), "--tokens", "8192", "--seeds", "1",
                      "--recipes", "modern", "--val-steps", "1", "--shard-size", "2048", *argv])
@@ -318,6 +356,8 @@ def test_recipe_bench_rejects_a_budget_without_steps_before_any_run(argv, messag
 
 
 def test_recipe_bench_names_a_failed_run_in_one_line(small_corpus, tmp_path):
+    """A train_gpt.py run that fails (here on a bad --extra flag) stops bench/recipe.py with one line naming the
+    run, its exit status, the last line of its output, and the file that holds all of that output."""
     runs = tmp_path / "runs"
     message = ("train_gpt.py failed for modern_seed1 (exit status 2): "
                "train_gpt.py: error: unrecognized arguments: --bogus")
@@ -333,6 +373,9 @@ def test_recipe_bench_names_a_failed_run_in_one_line(small_corpus, tmp_path):
                                               "nothing to resume"),
 ])
 def test_soak_bench_rejects_a_schedule_it_cant_check(argv, message, tmp_path, capsys):
+    """bench/soak.py: fewer than 8 --steps (no ETA to check at step --steps // 4), or a --kill-at before the first
+    checkpoint (the resumed run would start anew, so matching weights would prove nothing), gets exit status 2
+    and one line before --out-dir is made."""
     with pytest.raises(SystemExit) as e:
         soak.main(["--data-dir", str(tmp_path), "--hellaswag-data", str(HELLASWAG), "--out-dir", str(tmp_path / "soak"),
                    *argv])

@@ -62,6 +62,8 @@ def runs(out) -> dict:
 
 @pytest.mark.slow  # two training runs, a few seconds
 def test_metrics_go_to_wandb_and_a_resumed_run_continues_it(corpus_shards, tmp_path, offline):
+    """The W&B run takes the --wandb-run name and the run's config, and logs the log's train loss, lr, grad norm
+    and val loss at the same steps; --resume continues that W&B run (its id kept in <out>/wandb_id) from step 6."""
     out = tmp_path / "run"
     train(corpus_shards, out, "--max-steps", "6", "--checkpoint-every", "3", "--wandb", "tests",
           "--wandb-run", "tiny-test")
@@ -80,6 +82,8 @@ def test_metrics_go_to_wandb_and_a_resumed_run_continues_it(corpus_shards, tmp_p
 
 
 def test_without_wandb_the_flag_stops_with_one_line(corpus_shards, tmp_path, monkeypatch, capsys):
+    """Without the wandb package, --wandb stops with one line saying how to install it, before the run begins (no
+    log.jsonl), not with an ImportError at the run's first logged event."""
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(SystemExit) as e:
