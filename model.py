@@ -455,13 +455,13 @@ def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # the output head and its loss, a chunk of positions at a time
 #
-# The head is most of a small model's compute (for the `seed` model, 6 x 256 x 50,304 = 77 of the 102.5 MFLOP
-# a training step spends per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512, which a plain
-# cross-entropy then reads and writes several times over, and keeps for the backward pass. Here a chunk of
-# positions at a time goes through the matmul (HEAD_CHUNK in float32, twice as many in bfloat16: the same
-# bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in
-# training, the gradient, a few MB that stay in the cache. Only the loss and the gradients of h and of the
-# head's weight are kept.
+# The head is most of a small model's compute (for the `seed` model, 6 x 256 x 50,304 = 77 of the 102.5 MFLOP a
+# training step spends per token) and its logits are most of its memory: B x T x 50,304 floats, 400 MB at 4 x 512,
+# which a plain cross-entropy then reads and writes several times over, and keeps for the backward pass. Here a
+# chunk of positions at a time goes through the matmul (HEAD_CHUNK in float32, twice as many in bfloat16: the same
+# bytes), then (on a CPU) SOFTMAX_ROWS of them at a time through the float32 softmax, the loss and, in training,
+# the gradient, a few MB that stay in the cache. Only the loss and the gradients of h and of the head's weight are
+# kept.
 HEAD_CHUNK = 512  # positions per matmul in float32 (103 MB of logits at vocab 50,304); in bfloat16 head_losses pads to it
 SOFTMAX_ROWS = 32  # positions per softmax: 6.4 MB of float32 at vocab 50,304
 IGNORE_INDEX = -100  # a target that counts for nothing (padding): F.cross_entropy's default ignore_index

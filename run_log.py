@@ -135,7 +135,8 @@ class Logger:
 
     def truncate(self, size: int) -> None:
         """Forget what was logged after a checkpoint that a resumed run now redoes."""
-        if self.enabled and self.size() > size:  # never grow it: truncate() would pad with zero bytes
+        # never grow it (truncate() would pad with zero bytes); its length as is: nothing here needs it flushed
+        if self.enabled and os.path.exists(self.path) and os.path.getsize(self.path) > size:
             with open(self.path, "r+") as f:
                 f.truncate(size)
 
