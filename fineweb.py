@@ -227,8 +227,7 @@ def _file_documents(path: str) -> Iterator[str]:
     datasets.logging.set_verbosity(logging.CRITICAL)  # it logs the read errors we report in one line below
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False  # else each load_dataset() of a local file pings the hub
     builder = "text" if path.lower().endswith(".txt") else "parquet"  # the `datasets` builder that reads it
-    # utf-8-sig: a byte order mark (as some editors write) is not text, as in a .jsonl
-    kwargs = {"sample_by": "document", "encoding": "utf-8-sig"} if builder == "text" else {}
+    kwargs = {"sample_by": "document", "encoding": _text_encoding(path)} if builder == "text" else {}
     n = 0
     try:
         ds = datasets.load_dataset(builder, data_files=[path], split="train", streaming=True, **kwargs)
@@ -246,6 +245,17 @@ def _file_documents(path: str) -> Iterator[str]:
         raise InputError(_unreadable(path, builder, e)) from None
     if n == 0:
         raise InputError(f"{path} holds no documents")
+
+
+def _text_encoding(path: str) -> str:
+    """utf-8-sig for a .txt that starts with a byte order mark (as some editors write: not text, as in a .jsonl),
+    else utf-8. Not utf-8-sig for all: its decoder drops the first bytes of a mark cut short (a file of b"\xef"
+    reads as ""), where utf-8 reports them as the bytes that are not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            return "utf-8-sig" if f.read(3) == b"\xef\xbb\xbf" else "utf-8"
+    except OSError:
+        return "utf-8"  # `datasets` opens it next, and its error names the file
 
 
 def _bad_record(path: str, builder: str, n: int, row: dict) -> str:

@@ -163,6 +163,16 @@ def test_fineweb_txt_byte_order_mark_is_not_text(tmp_path):
     assert [t for item in fineweb.iter_work([str(path)]) for t in fineweb.item_texts(item)] == ["Hello, world."]
 
 
+@pytest.mark.parametrize("data", [b"\xef", b"\xef\xbb", b"\xef\xbbHello"])
+def test_fineweb_txt_byte_order_mark_cut_short_is_not_utf8(tmp_path, data):
+    """A .txt starting with the first bytes of a byte order mark only is not UTF-8, and says so in one line:
+    Python's utf-8-sig decoder read b"\\xef" as an empty document."""
+    path = tmp_path / "a.txt"
+    path.write_bytes(data)
+    with pytest.raises(fineweb.InputError, match=r"a\.txt is not UTF-8 text: byte 0 is 0xef"):
+        [t for item in fineweb.iter_work([str(path)]) for t in fineweb.item_texts(item)]
+
+
 def test_fineweb_warns_when_val_outweighs_train(tmp_path, capsys):
     """Input a little over one shard puts most of it in the val shard: a warning says so and how to fix it;
     an even split draws none."""
