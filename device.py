@@ -86,6 +86,19 @@ def synchronize(device: str) -> None:
         torch.get_device_module(device_type).synchronize()
 
 
+def compiled(module, device: str, dtype: torch.dtype):
+    """torch.compile(module), for forward passes on device under autocast in dtype. On a CPU in bfloat16,
+    inductor's code is limited to 256-bit vectors (AVX2): with torch 2.13 its 512-bit (AVX-512) code of a
+    bfloat16 block computes wrong values (one transpose's output was half garbage), and the `seed` model's
+    gradients came out NaN on an Intel Xeon with AMX. Its AVX2 code gives the eager gradients. See docs/speed.md."""
+    if device.startswith("cpu") and dtype == torch.bfloat16:
+        from torch._inductor import config, cpu_vec_isa  # the compiler's own settings: imported only to compile
+        widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
+        if config.cpp.simdlen is None and 512 in widths and 256 in widths:
+            config.cpp.simdlen = 256  # for every later compilation of this process too
+    return torch.compile(module)
+
+
 @contextmanager
 def varying_shapes(device_type: str):
     """Attention for calls whose shapes change from one call to the next: HellaSwag's batches, each of its own

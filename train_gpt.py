@@ -30,7 +30,7 @@ import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, prune_checkpoints,
                         remove_partial_checkpoints, save_checkpoint)
 from dataloader import DataLoaderLite
-from device import (DTYPES, autocast, autocast_dtype, configure_for_training, native_bf16, pick_device,
+from device import (DTYPES, autocast, autocast_dtype, compiled, configure_for_training, native_bf16, pick_device,
                     synchronize, to_device)
 from distributed import (any_process, full_state, grad_sync, load_full_state, same_in_every_process,
                          setup_distributed, shard_model)
@@ -291,8 +291,9 @@ def build_model(cfg: TrainConfig, device: str, world_size: int, pretrained: GPT 
         model = train_model = shard_model(model, device)  # in place: still our GPT, its weights sharded
     elif world_size > 1:  # each process keeps a whole copy; DDP averages the gradients in backward
         train_model = DDP(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    # compiled for the training steps only: val, HellaSwag and sampling (other shapes, no gradients) run as is
-    return model, (torch.compile(train_model) if cfg.compile else train_model)
+    if cfg.compile:  # for the training steps only: val, HellaSwag and sampling (other shapes, no gradients) run as is
+        train_model = compiled(train_model, device, autocast_dtype(device.split(":")[0], cfg.dtype))
+    return model, train_model
 
 # -----------------------------------------------------------------------------
 # optimizer and learning-rate schedule

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import train_gpt  # noqa: E402
 from bench.baseline import PlainGPT, plain_optimizer, plain_step  # noqa: E402
-from device import autocast, autocast_dtype, configure_for_training, pick_device, synchronize  # noqa: E402
+from device import autocast, autocast_dtype, compiled, configure_for_training, pick_device, synchronize  # noqa: E402
 from checkpoint import model_from_checkpoint, open_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import N_VOCAB  # noqa: E402
@@ -122,7 +122,7 @@ def worker(args) -> dict:
         configure_for_training(device_type)  # as train_gpt.main does: TF32 on CUDA, the CPU's malloc settings
         dtype = autocast_dtype(device_type, args.dtype)
         opt = train_gpt.configure_optimizer(model, cfg, device_type)
-        fwd = torch.compile(model) if args.worker == "compiled" else model
+        fwd = compiled(model, device, dtype) if args.worker == "compiled" else model  # as train_gpt builds it
         loader = RandomLoader(batches)
 
         def run(step):

@@ -45,3 +45,59 @@ def test_auto_device_and_unknown_device(monkeypatch):
     with pytest.raises(SystemExit) as e:
         device.pick_device("tpu")
     assert str(e.value) == "error: --device must be auto, cuda, mps or cpu, got 'tpu'"
+
+
+@pytest.fixture
+def inductor_config():
+    """inductor's settings, its vector width unset as at the start of a process, and restored after the test:
+    device.compiled sets it for the whole process."""
+    from torch._inductor import config
+    with config.patch({"cpp.simdlen": None}):
+        yield config
+
+
+class FakeISA:
+    """What inductor's list of the CPU's vector instruction sets holds, as far as device.compiled reads it."""
+
+    def __init__(self, bits: int):
+        self.bits = bits
+
+    def bit_width(self) -> int:
+        return self.bits
+
+
+@pytest.mark.parametrize("widths, device_name, dtype, want", [
+    ((512, 512, 256), "cpu", torch.bfloat16, 256),  # AVX-512 and AVX2: AVX2's code
+    ((256,), "cpu", torch.bfloat16, None),  # AVX2 only: as it is
+    ((512, 256), "cpu", torch.float32, None),  # float32's AVX-512 code is right
+    ((512, 256), "cuda", torch.bfloat16, None),  # not a CPU
+])
+def test_compiled_limits_cpu_vectors_in_bfloat16_only(monkeypatch, inductor_config, widths, device_name, dtype, want):
+    """device.compiled asks inductor for 256-bit vectors on a CPU with 512-bit ones, in bfloat16 only."""
+    from torch._inductor import cpu_vec_isa
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [FakeISA(w) for w in widths])
+    device.compiled(torch.nn.Linear(2, 2), device_name, dtype)  # compiles lazily: nothing runs yet
+    assert inductor_config.cpp.simdlen == want
+
+
+@pytest.mark.slow
+def test_compiled_bfloat16_gradients_equal_eager_on_this_cpu(inductor_config):
+    """The tiny model through device.compiled, under bfloat16 autocast on this CPU: eager's loss and gradients
+    within bfloat16's rounding. With torch 2.13's own settings the gradients were NaN on an Intel Xeon with AMX."""
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32))
+    x, y = torch.randint(0, 50257, (2, 64)), torch.randint(0, 50257, (2, 64))
+
+    def loss_and_grads(fwd):
+        model.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            _, loss = fwd(x, y)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    loss, grads = loss_and_grads(model)
+    loss_c, grads_c = loss_and_grads(device.compiled(model, "cpu", torch.bfloat16))
+    assert abs(loss_c - loss) < 1e-3
+    assert torch.isfinite(grads_c).all()
+    assert (grads_c - grads).norm() / grads.norm() < 0.02, "the compiled gradients are not eager's"
