@@ -210,12 +210,12 @@ def main(argv=None) -> list[dict]:
           f"median of {args.steps} steps after {args.warmup} warm-up" +
           (f"; the median run of {args.runs} (of an even number, the slower middle one), their range in brackets"
            if args.runs > 1 else ""))
-    print(f"{'step':<26}{'dtype':>9}{'tokens/s':>10}{'vs ' + base['config']:>12}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
+    print(f"{'step':<26}{'dtype':>9}{'tokens/s':>10}{'vs ' + base['config']:>15}{'MFU':>7}{'peak MB':>9}{'first loss':>12}")
     for r in results:
         name = {"plain": "plain (bench/baseline)", "plain-best": "plain, compile + autocast", "ours": "train_gpt",
                 "compiled": "train_gpt --compile"}[r["config"]]
         spread = [x["tok_s"] for x in runs[r["config"]]]
-        print(f"{name:<26}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base['tok_s']:>11.2f}x{r['mfu']:>7.1%}"
+        print(f"{name:<26}{r['dtype']:>9}{r['tok_s']:>10,.0f}{r['tok_s'] / base['tok_s']:>14.2f}x{r['mfu']:>7.1%}"
               f"{r['peak_mb']:>9,.0f}{r['first_loss']:>12.5f}" +
               (f"  [{min(spread):,.0f}-{max(spread):,.0f}]" if args.runs > 1 else ""))
     print(f"FLOPs per token {results[0]['flops_per_token'] / 1e6:.1f} M; MFU against the matmul peak of the step's dtype")
