@@ -141,6 +141,11 @@ MODEL_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name in GPTConfig.
 # the fields a resumed run must share with its checkpoint: they fix the model, its optimizer's state, the data order
 RESUME_FIELDS = MODEL_FIELDS + ("optimizer", "batch_size", "seq_len", "total_batch_size")
 DEFAULTS = TrainConfig()  # what a checkpoint written before a field existed had, in effect
+# flags that tune a feature, and the field that switches it on (a flag given while it is off gets a note)
+TUNES = {"val_steps": "val_every", "hellaswag_limit": "hellaswag_every", "hellaswag_data": "hellaswag_every",
+         "sample_prompt": "sample_every", "num_samples": "sample_every", "sample_len": "sample_every",
+         "wandb_run": "wandb", "muon_lr": "optimizer", "decay_frac": "schedule"}
+ON = {"optimizer": "muon", "schedule": "wsd"}  # the value that switches these on; the others: any but 0 or ""
 
 
 def preset_config(name: str) -> TrainConfig:
@@ -231,6 +236,14 @@ def parse_config(argv=None) -> TrainConfig:
         check_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", 1)))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
+    for action in p._actions:  # without defaults, the parser returns only the flags on the command line
+        action.default = argparse.SUPPRESS
+    given = vars(p.parse_args(argv))
+    for name, switch in TUNES.items():
+        value = getattr(cfg, switch)
+        if name in given and not (value == ON[switch] if switch in ON else value) and os.environ.get("RANK", "0") == "0":
+            off = f"--{switch} {value}" if value != "" else f"no --{switch}"
+            print(f"note: --{name} does nothing with {off}".replace("_", "-"))
     return cfg
 
 # -----------------------------------------------------------------------------

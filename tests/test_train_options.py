@@ -260,3 +260,28 @@ def test_hellaswag_and_sampling_enter_varying_shapes(monkeypatch):
     generate.stream_sample(model, enc, "Hello", 3, top_k=5, top_p=None, seed=0, device="cpu",
                            dtype=torch.float32, out=io.StringIO())
     assert entered == ["cpu"] * 3
+
+
+@pytest.mark.parametrize("argv, notes", [
+    (["--hellaswag-limit", "5", "--muon-lr", "0.1"], ["--hellaswag-limit does nothing with --hellaswag-every 0",
+                                                     "--muon-lr does nothing with --optimizer adamw"]),
+    (["--sample-len", "3", "--wandb-run", "r", "--decay-frac", "0.2"], [
+        "--sample-len does nothing with --sample-every 0", "--wandb-run does nothing with no --wandb",
+        "--decay-frac does nothing with --schedule cosine"]),
+    (["--val-every", "0", "--val-steps", "3"], ["--val-steps does nothing with --val-every 0"]),
+    (["--hellaswag-every", "2", "--hellaswag-limit", "5", "--optimizer", "muon", "--muon-lr", "0.1", "--schedule", "wsd",
+      "--decay-frac", "0.2", "--sample-every", "3", "--sample-len", "4", "--wandb", "p", "--wandb-run", "r"], []),
+    (["--recipe", "modern"], []),  # the recipe sets --muon-lr and --decay-frac, and switches both on
+])
+def test_a_flag_of_a_feature_switched_off_gets_a_note(capsys, argv, notes):
+    """A flag that tunes a feature switched off (the tiny preset has no HellaSwag or samples) does nothing: a note
+    says so, once per flag, and the run goes on; with the feature on, or the flag not given, there is none."""
+    train_gpt.parse_config(["--preset", "tiny"] + argv)
+    assert capsys.readouterr().out.splitlines() == [f"note: {n}" for n in notes]
+
+
+def test_the_note_on_an_idle_flag_comes_from_the_first_process_only(capsys, monkeypatch):
+    """Under torchrun every process parses the flags; only the first one prints the note."""
+    monkeypatch.setenv("RANK", "1")
+    train_gpt.parse_config(["--preset", "tiny", "--muon-lr", "0.1"])
+    assert capsys.readouterr().out == ""
