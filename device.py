@@ -9,6 +9,7 @@ Where the model runs and in what precision, chosen in one place for every script
 """
 
 import ctypes
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -87,16 +88,21 @@ def synchronize(device: str) -> None:
 
 
 def compiled(module, device: str, dtype: torch.dtype):
-    """torch.compile(module), for forward passes on device under autocast in dtype. On a CPU in bfloat16,
-    inductor's code is limited to 256-bit vectors (AVX2): with torch 2.13 its 512-bit (AVX-512) code of a
-    bfloat16 block computes wrong values (one transpose's output was half garbage), and the `seed` model's
-    gradients came out NaN on an Intel Xeon with AMX. Its AVX2 code gives the eager gradients. See docs/speed.md."""
-    if device.startswith("cpu") and dtype == torch.bfloat16:
-        from torch._inductor import config, cpu_vec_isa  # the compiler's own settings: imported only to compile
-        widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
-        if config.cpp.simdlen is None and 512 in widths and 256 in widths:
-            config.cpp.simdlen = 256  # for every later compilation of this process too
-    return torch.compile(module)
+    """torch.compile(module), for forward passes on device under autocast in dtype, with compile_options."""
+    return torch.compile(module, options=compile_options(device, dtype) or None)
+
+
+def compile_options(device: str, dtype: torch.dtype) -> dict:
+    """inductor's settings for a model compiled for device and dtype. On a CPU in bfloat16, 256-bit vector code
+    (AVX2) where it would write 512-bit code (AVX-512): with torch 2.13 its AVX-512 code of a bfloat16 block
+    computed wrong values (one transpose's output was half garbage), and the `seed` model's gradients came
+    out NaN on an Intel Xeon with AMX. Its AVX2 code gives the eager gradients. A CPU chosen with
+    ATEN_CPU_CAPABILITY is left as it is. See docs/speed.md."""
+    if not (device.startswith("cpu") and dtype == torch.bfloat16) or os.environ.get("ATEN_CPU_CAPABILITY"):
+        return {}
+    from torch._inductor import cpu_vec_isa  # the compiler's own: imported only to compile
+    widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}
+    return {"cpp.simdlen": 256} if 512 in widths and 256 in widths else {}
 
 
 @contextmanager

@@ -166,7 +166,8 @@ def test_fineweb_txt_byte_order_mark_is_not_text(tmp_path):
 @pytest.mark.parametrize("data", [b"\xef", b"\xef\xbb", b"\xef\xbbHello"])
 def test_fineweb_txt_byte_order_mark_cut_short_is_not_utf8(tmp_path, data):
     """A .txt starting with the first bytes of a byte order mark only is not UTF-8, and says so in one line:
-    Python's utf-8-sig decoder read b"\\xef" as an empty document."""
+    Python's utf-8-sig decoder read b"\\xef" and b"\\xef\\xbb" as an empty document (the third case was
+    refused before too)."""
     path = tmp_path / "a.txt"
     path.write_bytes(data)
     with pytest.raises(fineweb.InputError, match=r"a\.txt is not UTF-8 text: byte 0 is 0xef"):

@@ -49,8 +49,7 @@ def test_auto_device_and_unknown_device(monkeypatch):
 
 @pytest.fixture
 def inductor_config():
-    """inductor's settings, its vector width unset as at the start of a process, and restored after the test:
-    device.compiled sets it for the whole process."""
+    """inductor's settings, its vector width unset as at the start of a process (and after the test)."""
     from torch._inductor import config
     with config.patch({"cpp.simdlen": None}):
         yield config
@@ -67,23 +66,32 @@ class FakeISA:
 
 
 @pytest.mark.parametrize("widths, device_name, dtype, want", [
-    ((512, 512, 256), "cpu", torch.bfloat16, 256),  # AVX-512 and AVX2: AVX2's code
-    ((256,), "cpu", torch.bfloat16, None),  # AVX2 only: as it is
-    ((512, 256), "cpu", torch.float32, None),  # float32's AVX-512 code is right
-    ((512, 256), "cuda", torch.bfloat16, None),  # not a CPU
+    ((512, 512, 256), "cpu", torch.bfloat16, {"cpp.simdlen": 256}),  # AVX-512 and AVX2: AVX2's code
+    ((256,), "cpu", torch.bfloat16, {}),  # AVX2 only: as it is
+    ((512, 256), "cpu", torch.float32, {}),  # float32's AVX-512 code is right
+    ((512, 256), "cuda", torch.bfloat16, {}),  # not a CPU
 ])
-def test_compiled_limits_cpu_vectors_in_bfloat16_only(monkeypatch, inductor_config, widths, device_name, dtype, want):
-    """device.compiled asks inductor for 256-bit vectors on a CPU with 512-bit ones, in bfloat16 only."""
+def test_compile_options_limit_cpu_vectors_in_bfloat16_only(monkeypatch, widths, device_name, dtype, want):
+    """device.compile_options asks inductor for 256-bit vectors on a CPU with 512-bit ones, in bfloat16 only."""
     from torch._inductor import cpu_vec_isa
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [FakeISA(w) for w in widths])
-    device.compiled(torch.nn.Linear(2, 2), device_name, dtype)  # compiles lazily: nothing runs yet
-    assert inductor_config.cpp.simdlen == want
+    assert device.compile_options(device_name, dtype) == want
+
+
+def test_compile_options_leave_a_chosen_cpu_capability_alone(monkeypatch):
+    """A user who picks the CPU's kernels with ATEN_CPU_CAPABILITY (which inductor follows) keeps that choice."""
+    from torch._inductor import cpu_vec_isa
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [FakeISA(512), FakeISA(256)])
+    assert device.compile_options("cpu", torch.bfloat16) == {}
 
 
 @pytest.mark.slow
 def test_compiled_bfloat16_gradients_equal_eager_on_this_cpu(inductor_config):
     """The tiny model through device.compiled, under bfloat16 autocast on this CPU: eager's loss and gradients
-    within bfloat16's rounding. With torch 2.13's own settings the gradients were NaN on an Intel Xeon with AMX."""
+    within bfloat16's rounding. With torch 2.13's own settings the gradients were NaN on an Intel Xeon with AMX.
+    The process's own settings are left as they were."""
     from model import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32))
@@ -101,3 +109,4 @@ def test_compiled_bfloat16_gradients_equal_eager_on_this_cpu(inductor_config):
     assert abs(loss_c - loss) < 1e-3
     assert torch.isfinite(grads_c).all()
     assert (grads_c - grads).norm() / grads.norm() < 0.02, "the compiled gradients are not eager's"
+    assert inductor_config.cpp.simdlen is None

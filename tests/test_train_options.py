@@ -269,6 +269,8 @@ def test_hellaswag_and_sampling_enter_varying_shapes(monkeypatch):
         "--sample-len does nothing with --sample-every 0", "--wandb-run does nothing with no --wandb",
         "--decay-frac does nothing with --schedule cosine"]),
     (["--val-every", "0", "--val-steps", "3"], ["--val-steps does nothing with --val-every 0"]),
+    (["--muon-lr", "0.02"], ["--muon-lr does nothing with --optimizer adamw"]),  # given, though the default value
+    (["--hellaswag-lim", "5"], ["--hellaswag-limit does nothing with --hellaswag-every 0"]),  # abbreviated
     (["--hellaswag-every", "2", "--hellaswag-limit", "5", "--optimizer", "muon", "--muon-lr", "0.1", "--schedule", "wsd",
       "--decay-frac", "0.2", "--sample-every", "3", "--sample-len", "4", "--wandb", "p", "--wandb-run", "r"], []),
     (["--recipe", "modern"], []),  # the recipe sets --muon-lr and --decay-frac, and switches both on
