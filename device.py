@@ -9,7 +9,6 @@ Where the model runs and in what precision, chosen in one place for every script
 """
 
 import ctypes
-import os
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -96,9 +95,9 @@ def compile_options(device: str, dtype: torch.dtype) -> dict:
     """inductor's settings for a model compiled for device and dtype. On a CPU in bfloat16, 256-bit vector code
     (AVX2) where it would write 512-bit code (AVX-512): with torch 2.13 its AVX-512 code of a bfloat16 block
     computed wrong values (one transpose's output was half garbage), and the `seed` model's gradients came
-    out NaN on an Intel Xeon with AMX. Its AVX2 code gives the eager gradients. A CPU chosen with
-    ATEN_CPU_CAPABILITY is left as it is. See docs/speed.md."""
-    if not (device.startswith("cpu") and dtype == torch.bfloat16) or os.environ.get("ATEN_CPU_CAPABILITY"):
+    out NaN on an Intel Xeon with AMX (and with ATEN_CPU_CAPABILITY=avx2 or avx512 too, left to torch's
+    choice). Its AVX2 code gives the eager gradients. See docs/speed.md."""
+    if not (device.startswith("cpu") and dtype == torch.bfloat16):
         return {}
     from torch._inductor import cpu_vec_isa  # the compiler's own: imported only to compile
     widths = {isa.bit_width() for isa in cpu_vec_isa.valid_vec_isa_list()}

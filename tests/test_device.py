@@ -74,17 +74,18 @@ class FakeISA:
 def test_compile_options_limit_cpu_vectors_in_bfloat16_only(monkeypatch, widths, device_name, dtype, want):
     """device.compile_options asks inductor for 256-bit vectors on a CPU with 512-bit ones, in bfloat16 only."""
     from torch._inductor import cpu_vec_isa
-    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [FakeISA(w) for w in widths])
     assert device.compile_options(device_name, dtype) == want
 
 
-def test_compile_options_leave_a_chosen_cpu_capability_alone(monkeypatch):
-    """A user who picks the CPU's kernels with ATEN_CPU_CAPABILITY (which inductor follows) keeps that choice."""
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+def test_compile_options_hold_whatever_cpu_capability_is_chosen(monkeypatch, capability):
+    """With ATEN_CPU_CAPABILITY set (which inductor follows) and torch's own vector width, the compiled gradients
+    were NaN on the Xeon too: the 256-bit width applies all the same."""
     from torch._inductor import cpu_vec_isa
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [FakeISA(512), FakeISA(256)])
-    assert device.compile_options("cpu", torch.bfloat16) == {}
+    assert device.compile_options("cpu", torch.bfloat16) == {"cpp.simdlen": 256}
 
 
 @pytest.mark.slow
