@@ -238,12 +238,12 @@ def parse_config(argv=None) -> TrainConfig:
         raise SystemExit(f"error: {e}") from None  # one line, no traceback, exit status 1
     for action in p._actions:  # without defaults, the parser returns only the flags on the command line
         action.default = argparse.SUPPRESS
-    given = vars(p.parse_args(argv))
+    given = vars(p.parse_args(argv)) if os.environ.get("RANK", "0") == "0" else {}  # the first process notes
     for name, switch in TUNES.items():
-        value = getattr(cfg, switch)
-        if name in given and not (value == ON[switch] if switch in ON else value) and os.environ.get("RANK", "0") == "0":
-            off = f"--{switch} {value}" if value != "" else f"no --{switch}"
-            print(f"note: --{name} does nothing with {off}".replace("_", "-"))
+        value, flag = getattr(cfg, switch), "--" + switch.replace("_", "-")
+        off = f"{flag} {value}" if value != "" else f"no {flag}"
+        if name in given and not (value == ON[switch] if switch in ON else value):
+            print(f"note: --{name.replace('_', '-')} does nothing with {off}")
     return cfg
 
 # -----------------------------------------------------------------------------
