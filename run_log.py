@@ -133,12 +133,30 @@ class Logger:
                 pass
         return os.path.getsize(self.path)
 
-    def truncate(self, size: int) -> None:
-        """Forget what was logged after a checkpoint that a resumed run now redoes."""
+    def truncate(self, size: int, redo: int | None = None) -> None:
+        """Forget what was logged after a checkpoint that a resumed run now redoes. redo: a step whose
+        evaluations the run does again: its entries at the end of those size bytes go too."""
+        if not (self.enabled and os.path.exists(self.path)):
+            return
+        if redo is not None:
+            with open(self.path, "rb") as f:
+                lines = f.read(size).splitlines(keepends=True)
+            # the checkpoint came after its step's evaluations; the run's own events ("resume") stay
+            while lines and is_evaluation(lines[-1], redo):
+                size -= len(lines.pop())
         # never grow it (truncate() would pad with zero bytes); its length as is: nothing here needs it flushed
-        if self.enabled and os.path.exists(self.path) and os.path.getsize(self.path) > size:
+        if os.path.getsize(self.path) > size:
             with open(self.path, "r+") as f:
                 f.truncate(size)
+
+
+def is_evaluation(line: bytes, step: int) -> bool:
+    """Whether line of the log holds metrics logged at step (its evaluations), not an event of the run."""
+    try:
+        entry = json.loads(line)
+    except ValueError:  # not a line this module wrote (edited by hand): kept
+        return False
+    return isinstance(entry, dict) and entry.get("step") == step and "event" not in entry
 
 
 def run_info(cfg, device: str, world_size: int) -> dict:

@@ -491,11 +491,12 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if device.startswith("cuda") and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    logger.truncate(ckpt["log_bytes"])  # the log as it was when the checkpoint was written
+    # a middle checkpoint that --max-steps makes the last step: its evaluations "at the end" are all done again
+    at_new_end = ckpt["step"] == cfg.max_steps != saved_config(ckpt, "max_steps")
+    # the log as it was when the checkpoint was written (less the step's evaluations, to be done again)
+    logger.truncate(ckpt["log_bytes"], redo=ckpt["step"] if at_new_end else None)
     if logger.enabled:
         print(f"resumed from {path} at step {ckpt['step']}")
-    # a middle checkpoint that --max-steps makes the last step: its evaluations "at the end" are still to do
-    at_new_end = ckpt["step"] == cfg.max_steps != saved_config(ckpt, "max_steps")
     return ckpt["step"], ckpt.get("events_done", True) and not at_new_end
 
 # -----------------------------------------------------------------------------

@@ -394,6 +394,30 @@ def test_the_log_is_on_disk_before_a_checkpoint_counts_it(tmp_path, monkeypatch)
     assert events == [("fsync", (tmp_path / "log.jsonl").stat().st_ino)]
 
 
+def test_log_truncate_redo_takes_out_the_steps_evaluations_only(tmp_path):
+    """Logger.truncate(size, redo=step) cuts the log at size, then takes out the entries of that step's
+    evaluations just before the cut; the run's events (resume), earlier steps and a line it can't read stay."""
+    from run_log import Logger
+    path = tmp_path / "log.jsonl"
+    lines = ['{"step": 11, "train_loss": 3.0}', "not json", '{"step": 12, "val_loss": 2.5}',
+             '{"step": 12, "event": "resume"}', '{"step": 12, "val_loss": 2.5}', '{"step": 12, "samples": ["a"]}']
+    for redo, kept in [(12, 4), (11, 6), (None, 6)]:
+        path.write_text("".join(line + "\n" for line in lines) + '{"step": 12, "train_loss": 2.9}\n')
+        logger = Logger(str(tmp_path), enabled=True)
+        try:
+            logger.truncate(sum(len(line) + 1 for line in lines), redo=redo)  # the cut: before the last line
+        finally:
+            logger.finish()
+        assert path.read_text().splitlines() == lines[:kept]
+    path.write_text(lines[1] + "\n" + lines[2] + "\n")
+    logger = Logger(str(tmp_path), enabled=True)
+    try:
+        logger.truncate(path.stat().st_size, redo=12)
+    finally:
+        logger.finish()
+    assert path.read_text().splitlines() == ["not json"]
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), whose writes fail with ENOSPC")
 def test_disk_full_while_writing_the_log(corpus_shards, tmp_path):
     """A log write that fails (a full disk: the log is /dev/full) stops the run with one line naming the log and
@@ -634,12 +658,21 @@ def test_resume_past_max_steps(corpus_shards, run_dir, tmp_path):
 def test_resume_at_a_middle_checkpoint_as_the_last_step_does_the_end_evaluations(corpus_shards, run_dir, tmp_path):
     """A run killed after its checkpoint at step 12, resumed with --max-steps 12 to end there: step 12 is now
     the last, so its evaluations "at the end" run (samples, due every 8 steps, were not due at 12 before);
-    before, the checkpoint's "evaluations done" skipped them and the run ended with none."""
+    before, the checkpoint's "evaluations done" skipped them and the run ended with none. Those done at 12
+    before the stop (val loss) are done again, their earlier entries taken out of the log."""
     out = copy_run(run_dir, tmp_path)
     (out / "ckpt_000016.pt").unlink()
+    before = read_log(out)
     train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(out), "--max-steps", "12", "--resume"])
-    assert [e["step"] for e in read_log(out) if "samples" in e] == [0, 8, 12]
+    log = read_log(out)
+    assert [e["step"] for e in log if "samples" in e] == [0, 8, 12]
     assert load_latest_checkpoint(str(out))[1]["events_done"]
+    # the val loss at step 12, done before the stop, is done again at the end: logged once, not twice
+    assert [e["step"] for e in log if "val_loss" in e] == [0, 4, 8, 12]
+    val_12 = [e for e in before if e["step"] == 12 and "val_loss" in e]
+    assert [e for e in log if e["step"] == 12 and "val_loss" in e] == val_12  # the same weights, the same loss
+    resumed = [e for e in log if e.get("event") == "resume"]
+    assert log[:log.index(val_12[0])] == before[:before.index(val_12[0])] + resumed  # all before it kept
 
 
 def test_resume_with_weights_that_dont_fit_their_config(corpus_shards, run_dir, tmp_path):
