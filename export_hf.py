@@ -25,13 +25,14 @@ probabilities are normalised over 50,257 tokens instead of 50,304, which changes
 training has pushed the never-seen padding ids down.
 
 The folder is written beside --out first (OUT.tmp.XXXX) and renamed into place when complete. An existing
---out is replaced only if it is an earlier export (it holds export_info.json) or with --force, and never if it
-holds checkpoints (a training run).
+--out is replaced only if it is an earlier export (export_info.json and the files beside it, nothing else) or
+with --force, and never if it or a folder below it holds checkpoints, a log.jsonl or token shards.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 
 import torch
@@ -43,6 +44,11 @@ from model import CONV1D_WEIGHTS, GPT
 from tokenizer import EOT, N_VOCAB, bpe_files_dir
 
 INFO_FILE = "export_info.json"  # what was exported, and the mark of a folder this script wrote
+# the files an export holds (transformers' versions differ in the tokenizer files they add): a folder of these
+# alone, with INFO_FILE, is replaced without --force
+EXPORT_FILES = {INFO_FILE, "config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
+MAX_FILES_CHECKED = 10_000  # a folder to replace with --force holding more than this: refused unread
 
 
 def hf_state_dict(model: GPT, n_vocab: int = N_VOCAB) -> dict[str, torch.Tensor]:
@@ -67,16 +73,45 @@ def is_export(path: str) -> bool:
         return False
 
 
+def training_file(out: str) -> str | None:
+    """The first file of a training run or its data found in out or a folder below it (a checkpoint, a
+    log.jsonl, a token shard), which not even --force deletes; None if there is none."""
+    seen = 0
+    for folder, dirs, files in os.walk(out):
+        for name in files:
+            if re.fullmatch(r"ckpt_\d+\.pt|log\.jsonl|(train|val)_\d+\.bin", name):
+                return os.path.join(folder, name)
+        seen += len(files) + len(dirs)
+        if seen > MAX_FILES_CHECKED:
+            raise SystemExit(f"error: --out {out} holds more than {MAX_FILES_CHECKED:,} files and folders: "
+                             "choose another folder")
+    return None
+
+
 def check_out(out: str, force: bool) -> None:
     """SystemExit, before any work is done, if --out can't or shouldn't be written."""
     out = out.rstrip("/\\") or out  # as export() writes it: "notes/" is the file notes, which it would replace
+    if not out:
+        raise SystemExit("error: --out is empty: name the folder to write")
+    here = os.getcwd()
+    if os.path.commonpath([os.path.abspath(out), here]) == os.path.abspath(out):  # ".", "..": can't be replaced
+        raise SystemExit(f"error: --out {out} is the current folder or holds it: choose another folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: --out {out} is a file, not a folder")
     if list_checkpoints(out):  # even with --force, which the error below suggests: it would delete the run
         raise SystemExit(f"error: --out {out} holds the checkpoints of a training run: choose another folder")
-    if os.path.isdir(out) and os.listdir(out) and not is_export(out) and not force:
-        raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
-                         "choose another folder, or pass --force to replace it")
+    if os.path.isdir(out) and os.listdir(out) and not force:
+        if not is_export(out):
+            raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
+                             "choose another folder, or pass --force to replace it")
+        # a file of the user's put in an export, a folder: the export would delete them
+        others = sorted(n for n in os.listdir(out) if n not in EXPORT_FILES or not os.path.isfile(os.path.join(out, n)))
+        if others:
+            raise SystemExit(f"error: --out {out} is an earlier export with more in it ({', '.join(others)}): "
+                             "choose another folder, or pass --force to replace it")
+    if os.path.isdir(out) and (found := training_file(out)):  # --force too: a run or shards in a folder below
+        raise SystemExit(f"error: --out {out} holds a training run's files or token shards ({found}): "
+                         "choose another folder")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise SystemExit(f"error: cannot write {out}: {parent} is not a folder")
@@ -128,7 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="a checkpoint file, or an out dir: its latest checkpoint")
     p.add_argument("--out", required=True, help="the folder to write (created; an earlier export is replaced)")
     p.add_argument("--force", action="store_true",
-                   help="replace --out even if it holds something else (never a training run's checkpoints)")
+                   help="replace --out even if it holds something else (never checkpoints, a log or shards)")
     return p.parse_args(argv)
 
 

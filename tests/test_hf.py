@@ -264,3 +264,57 @@ def test_hellaswag_model_errors_are_one_line(tmp_path, case):
     with pytest.raises(SystemExit, match=f"^{what}") as e:
         hellaswag.main(["--model", model, "--data", str(data), "--device", "cpu"])
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("where", ["a run in a folder below", "shards in a folder below"])
+def test_export_force_never_deletes_a_run_or_shards_below_out(run, tmp_path, where):
+    """--force replaces a folder of other files, but not one with a training run's checkpoints and log, or
+    token shards, in a folder below it: refused, naming the file, and nothing changes (--force used to delete
+    them with the folder)."""
+    out = tmp_path / "project"
+    below = out / ("myrun" if where.startswith("a run") else "mydata")
+    below.mkdir(parents=True)
+    if where.startswith("a run"):
+        write_model_checkpoint(below, run[1], train_gpt.preset_config("tiny"), 3)
+        (below / "log.jsonl").write_text("{}\n")
+    else:
+        (below / "train_000001.bin").write_bytes(b"\0" * 64)
+    (out / "notes.txt").write_text("mine")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(SystemExit, match=f"^error: --out {re.escape(str(out))} holds a training run's files or "
+                                         f"token shards \\({re.escape(str(below))}/"):
+        export_hf.main(["--checkpoint", run[0], "--out", str(out), "--force"])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before and os.listdir(tmp_path) == ["project"]
+
+
+@pytest.mark.parametrize("extra", ["a file", "a folder"])
+def test_export_over_an_earlier_export_with_more_in_it_needs_force(run, tmp_path, extra):
+    """An earlier export to which something was added (notes, a folder) is not replaced without --force: the
+    export would delete what was added. It used to be, since export_info.json alone marked it an export."""
+    out = tmp_path / "hf"
+    export_hf.main(["--checkpoint", run[0], "--out", str(out)])
+    if extra == "a file":
+        (out / "notes.txt").write_text("mine")
+    else:
+        (out / "extra").mkdir()
+        (out / "extra" / "copy.safetensors").write_bytes(b"x")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    name = "notes.txt" if extra == "a file" else "extra"
+    with pytest.raises(SystemExit, match=f"^error: --out .* is an earlier export with more in it \\({name}\\): "
+                                         "choose another folder, or pass --force to replace it$"):
+        export_hf.main(["--checkpoint", run[0], "--out", str(out)])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    export_hf.main(["--checkpoint", run[0], "--out", str(out), "--force"])  # asked for: replaced
+    assert name not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_export_to_no_folder_or_the_current_one_is_refused_up_front(run, tmp_path, monkeypatch, out):
+    """--out "" or the current folder (or one holding it): one line before the checkpoint is read, not the
+    OS's error after the whole export."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit, match="^error: --out (is empty|.* is the current folder or holds it)"):
+        export_hf.main(["--checkpoint", run[0], "--out", out, "--force"])
+    assert os.listdir(work) == [] and os.listdir(tmp_path) == ["work"]
