@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -132,6 +133,21 @@ class Logger:
             except OSError:  # best effort: a failing disk fails the checkpoint's own write next, which stops the run
                 pass
         return os.path.getsize(self.path)
+
+    def start_new(self) -> None:
+        """A new run in this out dir: an earlier run's log (one that left no checkpoint to continue) is kept as
+        log.<n>.jsonl, the first free n, and log.jsonl starts empty."""
+        if not (self.enabled and os.path.isfile(self.path) and os.path.getsize(self.path) > 0):
+            return
+        n = 1
+        while os.path.exists(kept := os.path.join(self.out_dir, f"log.{n}.jsonl")):
+            n += 1
+        try:  # copied, not renamed: this run's lock stays on log.jsonl (see lock_log)
+            shutil.copyfile(self.path, kept)
+        except OSError as e:
+            raise SystemExit(f"error: cannot keep the earlier run's log as {kept}: {e.strerror}; nothing was changed") from None
+        print(f"note: {self.path} of an earlier run, which left no checkpoint, is kept as {kept}")
+        self.truncate(0)
 
     def truncate(self, size: int, redo: int | None = None) -> None:
         """Forget what was logged after a checkpoint that a resumed run now redoes. redo: a step whose

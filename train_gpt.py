@@ -475,7 +475,7 @@ def resume(cfg: TrainConfig, found: tuple[str, dict] | None, model: GPT, optimiz
     if not found:
         if cfg.resume and logger.enabled:
             print(f"no checkpoint in {cfg.out_dir} yet: starting a new run")
-        logger.truncate(0)  # a new run, a new log
+        logger.start_new()  # a new run, a new log (an earlier one kept beside it)
         return 0, False
     path, ckpt = found
     try:  # weights that don't fit the config saved beside them (an edited checkpoint): one line

@@ -5,6 +5,7 @@ samples, HellaSwag, checkpoints), the golden losses of the tiny preset, and gene
 Exact resume is tested in test_resilience.py.
 """
 
+import json
 import math
 import os
 import re
@@ -136,6 +137,23 @@ def test_new_run_does_not_overwrite_a_run(corpus_shards, trained):
     with pytest.raises(SystemExit, match="continue it with --resume"):
         train(corpus_shards, trained, "--max-steps", "40")
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
+def test_new_run_keeps_an_earlier_log_without_checkpoints(corpus_shards, tmp_path, capsys):
+    """A new run in an out dir whose earlier run left a log but no checkpoint (--checkpoint-every 0, or killed
+    before its first) keeps that log as log.1.jsonl, then log.2.jsonl, ...: it used to be emptied, and with
+    it the earlier run's only record."""
+    out = tmp_path / "out"
+    logs = []
+    for steps in ("3", "2", "4"):
+        train(corpus_shards, out, "--max-steps", steps, "--warmup-steps", "1", "--checkpoint-every", "0",
+              *(["--resume"] if steps == "4" else []))
+        logs.append((out / "log.jsonl").read_text())
+        assert json.loads(logs[-1].splitlines()[-1])["step"] == int(steps)  # this run's log, whole: its last val loss
+    assert sorted(p.name for p in out.iterdir()) == ["log.1.jsonl", "log.2.jsonl", "log.jsonl"]
+    assert [(out / name).read_text() for name in ("log.1.jsonl", "log.2.jsonl")] == logs[:2]
+    assert f"note: {out / 'log.jsonl'} of an earlier run, which left no checkpoint, is kept as {out / 'log.2.jsonl'}" \
+        in capsys.readouterr().out
 
 
 def test_generate_is_deterministic(trained, capsys):
