@@ -26,6 +26,7 @@ from dataclasses import asdict
 import torch
 
 from atomic_write import atomic_write
+from errors import one_line
 
 
 _LOCKED = {}  # log path -> the open file through which this process holds its lock
@@ -99,8 +100,12 @@ class Logger:
                 run_id = uuid.uuid4().hex[:8]
                 with atomic_write(id_path) as tmp, open(tmp, "w") as f:
                     f.write(run_id + "\n")
-            self.wandb = wandb.init(project=self.wandb_project, name=self.wandb_name or None, id=run_id,
-                                    resume="allow", dir=self.out_dir, config=metrics.get("config"))
+            try:
+                self.wandb = wandb.init(project=self.wandb_project, name=self.wandb_name or None, id=run_id,
+                                        resume="allow", dir=self.out_dir, config=metrics.get("config"))
+            except wandb.Error as e:  # no API key, no network, a bad project name
+                raise SystemExit(f"error: --wandb: W&B could not start the run: {one_line(e)} (or log offline: "
+                                 "WANDB_MODE=offline, or leave out --wandb)") from None
             return
         if self.wandb is None:
             return

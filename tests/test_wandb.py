@@ -92,6 +92,22 @@ def test_without_wandb_the_flag_stops_with_one_line(corpus_shards, tmp_path, mon
     assert not (tmp_path / "run" / "log.jsonl").exists()  # stopped before the run began
 
 
+def test_wandb_without_an_api_key_stops_with_one_line(corpus_shards, tmp_path, monkeypatch):
+    """--wandb where W&B has no API key (never logged in, online mode): one line naming the reason and the way
+    out, before the first step, not wandb's UsageError traceback."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc: no key
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.raises(SystemExit) as e:
+        train(corpus_shards, tmp_path / "run", "--wandb", "tests")
+    assert str(e.value) == ("error: --wandb: W&B could not start the run: No API key configured. Use `wandb login` "
+                            "to log in. (or log offline: WANDB_MODE=offline, or leave out --wandb)")
+    assert [e["event"] for e in read_log(tmp_path / "run")] == ["start"]  # no step was taken
+
+
 def test_wandb_is_optional():
     """requirements.txt leaves it out: users who don't log there don't install it."""
     from conftest import REPO
