@@ -9,6 +9,7 @@ Where the model runs and in what precision, chosen in one place for every script
 """
 
 import ctypes
+import os
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -119,6 +120,14 @@ def varying_shapes(device_type: str):
         yield
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was_on)
+
+
+def host_memory() -> int:
+    """This machine's memory in bytes; where the OS doesn't say (Windows), more than any model needs."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 2 ** 63
 
 
 def configure_for_training(device_type: str) -> None:

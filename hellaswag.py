@@ -237,6 +237,27 @@ def check_lengths(examples: list[dict], enc, block_size: int) -> int:
     return cut
 
 
+def examples_for_training(path: str, limit: int, enc, block_size: int, master: bool = True,
+                          world_size: int = 1) -> list[dict]:
+    """The examples a training run evaluates (the first `limit`; 0: all), read once, each checked against the
+    model's context (a note counts those whose context loses tokens to fit). Without a path, the first process
+    downloads the official file while the others wait, then they read its copy. SystemExit with one line if
+    they can't be had."""
+    try:
+        path = path or (val_file(flag="--hellaswag-data") if master else None)
+        if world_size > 1:
+            dist.barrier()
+        path = path or val_file(flag="--hellaswag-data")  # the others: the copy the first one made
+        examples = load_examples(path, limit or None)
+        cut = check_lengths(examples, enc, block_size)
+        if cut and master:  # scored all the same, but on less than the whole story: say so once
+            print(f"note: {cut:,} of {len(examples):,} HellaSwag examples are longer than the model's "
+                  f"{block_size}-token context: their contexts lose tokens from the left")
+        return examples
+    except HellaSwagError as e:
+        raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
+
+
 def collate_packed(items: list[tuple[list[int], list[int], list[int]]]):
     """Packed rows -> tokens, pos, seg (B, L), right-padded (segment -1), and the attention mask (B, 1, L, L):
     query j reads key k <= j of the context or of its own segment."""

@@ -52,6 +52,12 @@ class GPTConfig:
                    ("soft-capped logits", self.logit_softcap))
         return [what for what, on in changes if on]
 
+    def num_params(self) -> int:
+        """The parameter count of a GPT of this config (as GPT.num_params counts it), without building one."""
+        C = self.n_embd
+        per_block = 12 * C * C + 13 * C  # c_attn, attn.c_proj, c_fc, mlp.c_proj with their biases; ln_1, ln_2
+        return self.n_layer * per_block + (self.vocab_size + (0 if self.rope else self.block_size) + 2) * C  # + ln_f
+
     @property
     def is_gpt2(self) -> bool:
         """Whether this is GPT-2's architecture (what Hugging Face's GPT2LMHeadModel computes)."""

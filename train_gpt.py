@@ -30,8 +30,8 @@ import hellaswag
 from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, prune_checkpoints,
                         remove_partial_checkpoints, save_checkpoint)
 from dataloader import DataLoaderLite
-from device import (DTYPES, autocast, autocast_dtype, compiled, configure_for_training, native_bf16, pick_device,
-                    synchronize, to_device)
+from device import (DTYPES, autocast, autocast_dtype, compiled, configure_for_training, host_memory, native_bf16,
+                    pick_device, synchronize, to_device)
 from distributed import (any_process, full_state, grad_sync, load_full_state, same_in_every_process,
                          setup_distributed, shard_model)
 from errors import one_line
@@ -203,6 +203,10 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.fsdp and cfg.optimizer == "muon":
         raise ValueError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits across the "
                          "processes: leave out --fsdp (each process then holds the whole model), or use --optimizer adamw")
+    n_params = model_config(cfg).num_params()
+    if 4 * n_params > host_memory():  # its float32 weights, built in this machine's memory whatever the device
+        raise ValueError(f"the model would have {n_params:,} parameters, {4 * n_params / 1e9:,.0f} GB in float32: more than "
+                         f"this machine's {host_memory() / 1e9:,.0f} GB (--n-layer, --n-embd, --vocab-size, --block-size)")
     if cfg.init_from and not model_config(cfg).is_gpt2:
         raise ValueError(f"--init-from {cfg.init_from} loads GPT-2's architecture: it can't have --rope, --qk-norm, "
                          "--mlp relu2 or --logit-softcap (with --recipe modern, pass --no-rope --no-qk-norm --mlp gelu "
@@ -298,7 +302,12 @@ def build_model(cfg: TrainConfig, device: str, world_size: int, pretrained: GPT 
     """(model, train_model). model is our GPT (under --fsdp its weights sharded): evaluation, sampling and
     checkpoints use it. train_model is what a training step calls: the same model, wrapped by DDP when several
     processes each hold a whole copy, compiled with --compile. Every process starts from the same weights."""
-    model = (pretrained or GPT(model_config(cfg))).to(device)
+    try:
+        model = (pretrained or GPT(model_config(cfg))).to(device)
+    except (RuntimeError, torch.OutOfMemoryError) as e:  # a model that fits in no memory left: the allocator's error
+        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
+            raise
+        raise SystemExit(f"error: not enough memory for the model's weights on {device}: {one_line(e, limit=200)}") from None
     train_model = model
     if cfg.fsdp:  # each process keeps 1/world_size of the weights, gradients and optimizer state
         model = train_model = shard_model(model, device)  # in place: still our GPT, its weights sharded
@@ -381,27 +390,6 @@ def evaluate_val(model: torch.nn.Module, loader: DataLoaderLite, steps: int, dev
         dist.all_reduce(total, op=dist.ReduceOp.AVG)
     model.train()
     return (total / steps).item()
-
-
-def load_hellaswag(cfg: TrainConfig, enc, master: bool, world_size: int) -> list[dict] | None:
-    """The HellaSwag examples the run evaluates, read once (None if it doesn't), each checked against the
-    model's context (a note counts those whose context loses tokens to fit). Without --hellaswag-data, the first
-    process downloads the official file while the others wait, then they read its copy."""
-    if cfg.hellaswag_every == 0:
-        return None
-    try:
-        path = cfg.hellaswag_data or (hellaswag.val_file(flag="--hellaswag-data") if master else None)
-        if world_size > 1:
-            dist.barrier()
-        path = path or hellaswag.val_file(flag="--hellaswag-data")  # the others: the copy the first one made
-        examples = hellaswag.load_examples(path, cfg.hellaswag_limit or None)
-        cut = hellaswag.check_lengths(examples, enc, cfg.block_size)
-        if cut and master:  # scored all the same, but on less than the whole story: say so once
-            print(f"note: {cut:,} of {len(examples):,} HellaSwag examples are longer than the model's "
-                  f"{cfg.block_size}-token context: their contexts lose tokens from the left")
-        return examples
-    except hellaswag.HellaSwagError as e:
-        raise SystemExit(f"error: {e} (or turn HellaSwag off: --hellaswag-every 0)") from None
 
 
 # -----------------------------------------------------------------------------
@@ -573,7 +561,8 @@ def main(argv=None) -> None:
     grad_accum = cfg.total_batch_size // (cfg.batch_size * cfg.seq_len * world_size)
     train_loader, val_loader = make_loaders(cfg, rank, world_size)
     enc = get_encoding() if cfg.hellaswag_every or cfg.sample_every else None  # a second or two to build
-    hellaswag_examples = load_hellaswag(cfg, enc, master, world_size)
+    hellaswag_examples = hellaswag.examples_for_training(cfg.hellaswag_data, cfg.hellaswag_limit, enc, cfg.block_size,
+                                                         master, world_size) if cfg.hellaswag_every else None
 
     # model, optimizer, and the state of a run to continue
     model, train_model = build_model(cfg, device, world_size, pretrained)

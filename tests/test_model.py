@@ -279,3 +279,15 @@ def test_linear_under_bfloat16_autocast(shape, amx, monkeypatch):
         assert got.dtype == torch.float32 and torch.equal(got, float32)
     else:
         assert got.dtype == want.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [dict(n_layer=2, n_head=2, n_embd=32, block_size=64), dict(n_layer=4, n_head=8, n_embd=256),
+                                   dict(n_layer=3, n_head=4, n_embd=64, rope=True, qk_norm=True, mlp="relu2",
+                                        logit_softcap=15.0, vocab_size=1000)])
+def test_config_counts_the_parameters_of_its_model(shape):
+    """GPTConfig.num_params, counted from the shape alone (train_gpt.py checks a model fits in memory with it
+    before building one), is what the model built from it has."""
+    config = GPTConfig(**shape)
+    with torch.device("meta"):  # shapes only: nothing allocated
+        model = GPT(config)
+    assert config.num_params() == model.num_params()

@@ -603,11 +603,29 @@ def test_bad_data(tmp_path, case, message):
     (["--val-steps", "0"], 1, "--val-steps 0 measures no val batch"),
     (["--seed", str(2**64)], 1, "--seed must fit in 64 bits, got 18446744073709551616"),
     (["--vocab-size", "1024", "--sample-every", "4"], 1, "--vocab-size 1024 is smaller than GPT-2's 50,257"),
+    # weights that no memory of this machine holds: refused, not torch's allocator error (or hours building layers)
+    (["--n-embd", "1000000000", "--n-head", "1"], 1, "the model would have 24,000,050,396,000,000,000 parameters"),
+    (["--block-size", "100000000000"], 1, "12,800 GB in float32: more than this machine's"),
+    (["--n-layer", "1000000000"], 1, "(--n-layer, --n-embd, --vocab-size, --block-size)"),
 ])
 def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
     """Flag values that can't work are refused before anything is read or written."""
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     assert message in train_error(tmp_path, tmp_path / "no-data-needed", *flags)
+
+
+def test_model_that_memory_cant_hold_stops_with_one_line(corpus_shards, tmp_path, monkeypatch):
+    """A model whose weights pass the size check but can't be allocated after all (memory taken by others):
+    the allocator's reason in one line, not its RuntimeError traceback from deep inside torch."""
+    def no_memory(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 201216000000 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(train_gpt, "GPT", no_memory)
+    with pytest.raises(SystemExit) as e:
+        train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path / "out")])
+    assert str(e.value).startswith("error: not enough memory for the model's weights on cpu: [enforce fail at "
+                                   "alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory")
+    assert "\n" not in str(e.value) and not list((tmp_path / "out").glob("ckpt_*"))
 
 
 def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):

@@ -118,7 +118,7 @@ def test_hellaswag_contexts_cut_to_the_model_are_counted(capsys):
     cfg = train_gpt.preset_config("tiny")
     cfg.hellaswag_every, cfg.hellaswag_data, cfg.hellaswag_limit = 10, str(HELLASWAG), 50
     enc = get_encoding()
-    examples = train_gpt.load_hellaswag(cfg, enc, master=True, world_size=1)
+    examples = hellaswag.examples_for_training(cfg.hellaswag_data, cfg.hellaswag_limit, enc, cfg.block_size)
     cut = sum(len(enc.encode_ordinary(ex["ctx"])) + max(len(enc.encode_ordinary(" " + e)) for e in ex["endings"]) > 64
               for ex in examples)  # context + its longest ending past the model's 64 tokens
     assert 0 < cut < 50
