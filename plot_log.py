@@ -58,23 +58,28 @@ def read_log(path: str) -> dict:
             continue
         try:
             rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             if lineno == len(lines) and not complete:
                 # a run killed in the middle of a write leaves half a line at the end: everything before it is good
                 print(f"warning: {where}: skipping a half-written last line", file=sys.stderr)
                 continue
-            reason = "not UTF-8" if isinstance(e, UnicodeDecodeError) else f"not JSON ({e.msg} at column {e.colno})"
+            reason = ("not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON (nested too deeply)"
+                      if isinstance(e, RecursionError) else f"not JSON ({e.msg} at column {e.colno})")
             raise SystemExit(f"error: {where}: {reason}") from None
         if not isinstance(rec, dict):
             raise SystemExit(f"error: {where}: {json.dumps(rec)[:40]} is not a JSON object")
         step = rec.get("step")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise SystemExit(f"error: {where}: no integer 'step' (got {json.dumps(step)})")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**53:  # 2**53: exact as a float
+            raise SystemExit(f"error: {where}: no integer 'step' (got {json.dumps(step)[:40]})")
 
         if rec.get("event") in ("start", "resume"):
             config = rec.get("config")
             if isinstance(config, dict) and "total_batch_size" in config:
-                total_batch_size = int(_number(config["total_batch_size"], "total_batch_size", where))
+                total_batch_size = _number(config["total_batch_size"], "total_batch_size", where)
+                if not (1 <= total_batch_size < 2**53 and total_batch_size == int(total_batch_size)):
+                    raise SystemExit(f"error: {where}: total_batch_size is {json.dumps(config['total_batch_size'])[:40]}, "
+                                     "not a positive whole number")
+                total_batch_size = int(total_batch_size)
         if "train_loss" in rec:
             train[step] = _number(rec["train_loss"], "train_loss", where)
         if "val_loss" in rec:

@@ -187,6 +187,16 @@ def test_failed_write_keeps_the_earlier_plot(tmp_path, monkeypatch, capsys):
     (lambda d: write_log(d / "r", [{"step": 3, "val_loss": "low"}]), ["r"], 'log.jsonl:1: val_loss is "low", not a number'),
     (lambda d: write_log(d / "r", [{"step": 3, "val_loss": 1.0}]), ["r", "--x", "tokens"], "no start or resume event"),
     (lambda d: write_log(d / "r", run_records(steps=3)), ["r", "--out", "nowhere/p.png"], "cannot write nowhere/p.png"),
+    # Python's JSON parser recurses once per level: a deep line used to end in a RecursionError traceback
+    (lambda d: write_log(d / "r", [{"step": 0, "val_loss": 1.0}], tail="[" * 100_000 + "\n"), ["r"],
+     "log.jsonl:2: not JSON (nested too deeply)"),
+    # a batch size or step that isn't a whole number in range: int() or matplotlib used to fail with a traceback
+    (lambda d: write_log(d / "r", [{"step": 0, "event": "start", "config": {"total_batch_size": math.nan}},
+                                   {"step": 1, "train_loss": 2.0}]), ["r"],
+     "log.jsonl:1: total_batch_size is NaN, not a positive whole number"),
+    (lambda d: write_log(d / "r", [{"step": 0, "event": "start", "config": {"total_batch_size": -5}},
+                                   {"step": 1, "train_loss": 2.0}]), ["r"], "total_batch_size is -5, not a positive"),
+    (lambda d: write_log(d / "r", [{"step": 10 ** 400, "train_loss": 2.0}]), ["r"], "log.jsonl:1: no integer 'step' (got 1000"),
 ])
 def test_errors_are_one_line(tmp_path, monkeypatch, setup, argv, message):
     """Each bad input stops with one line `error: ...` naming what is wrong (and the file:line of a bad line)."""
