@@ -25,6 +25,8 @@ class DataLoaderLite:
                  vocab_size: int | None = None):
         self.data_root, self.split, self.B, self.T = data_root, split, B, T
         self.rank, self.world_size, self.vocab_size = rank, world_size, vocab_size
+        if os.path.isfile(data_root):
+            raise ShardError(f"data dir {data_root} is a file: give the folder of shards that fineweb.py wrote")
         if not os.path.isdir(data_root):
             raise ShardError(f"data dir {data_root} not found: make shards with `python fineweb.py`")
         paths = list_shards(data_root, split)

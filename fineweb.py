@@ -569,9 +569,13 @@ def _remove_empty(out_dir: str) -> None:
 
 
 def _warn_small_train(shards: list[dict]) -> None:
-    """Input a little over one shard leaves most of it in val, which training only samples: say so."""
+    """Input a little over one shard leaves most of it in val, which training only samples: say so. Input too
+    small to split (a token) leaves nothing to train on."""
     val, total = shards[0]["tokens"], shards[-1]["total"]
-    if len(shards) > 1 and total - val < val:
+    if len(shards) == 1:
+        print(f"warning: all {total:,} tokens went to the val shard (the first shard is val): train_gpt.py needs "
+              "train shards too: give more text", file=sys.stderr)
+    elif total - val < val:
         print(f"warning: the val shard holds {val:,} of the {total:,} tokens, train only {total - val:,}: to "
               f"train on more of them, shard again with a smaller --shard-size (e.g. {total // 10}) into another "
               f"--out-dir", file=sys.stderr)

@@ -184,6 +184,13 @@ def test_fineweb_warns_when_val_outweighs_train(tmp_path, capsys):
     assert re.search(r"warning: the val shard holds 40 of the \d+ tokens, train only \d+: .*smaller --shard-size", err)
     fineweb.main(["--input", str(path), "--out-dir", str(tmp_path / "even"), "--shard-size", "20", "--workers", "1"])
     assert "warning" not in capsys.readouterr().err
+    # one token in all (an empty document's <|endoftext|>): too little to split between val and train, so no
+    # train shard, which train_gpt.py needs; it used to pass without a word
+    (tmp_path / "empty.jsonl").write_text('{"text": ""}\n')
+    fineweb.main(["--input", str(tmp_path / "empty.jsonl"), "--out-dir", str(tmp_path / "one"), "--workers", "1"])
+    assert "warning: all 1 tokens went to the val shard (the first shard is val): train_gpt.py needs train shards " \
+        "too" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "one")) == ["fineweb_progress.json", "val_000000.bin"]
 
 
 @pytest.mark.slow

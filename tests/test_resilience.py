@@ -556,6 +556,7 @@ def train_error(tmp_path, data_dir, *flags) -> str:
 
 @pytest.mark.parametrize("case,message", [
     ("missing", "data dir {data} not found: make shards with `python fineweb.py`"),
+    ("a file", "data dir {data} is a file: give the folder of shards that fineweb.py wrote"),
     ("no train", "no train shards (train_*.bin) in {data}"),
     ("no val", "no val shards (val_*.bin) in {data}"),
     ("magic", "train_000001.bin is not a token shard (bad magic number)"),
@@ -581,6 +582,8 @@ def test_bad_data(tmp_path, case, message):
         make_shards(data)
         write_shard(shard_path(str(data), "train", 2), np.zeros(4096, dtype=np.uint16))
         damage_shard(data / "train_000002.bin", case.split()[1])
+    elif case == "a file":  # a shard or a jsonl given for the folder
+        data.write_text("{}\n")
     elif case != "missing":
         make_shards(data)
         damage_shard(data / "train_000001.bin", case)
