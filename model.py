@@ -309,6 +309,10 @@ class GPT(nn.Module):
         A config our blocks can't compute (another activation, an untied head, ...), or weights that don't fit
         it (transformers would start what is missing from random numbers), is a ValueError.
         """
+        import os
+        if os.path.isfile(name_or_dir):  # a checkpoint of ours, a weights file: transformers would call it a bad config
+            raise ValueError(f"{name_or_dir} is a file, not a GPT-2 name ({', '.join(GPT2_NAMES)}) or a Hugging Face "
+                             "GPT-2 folder")
         try:
             from transformers import GPT2LMHeadModel
         except ImportError:

@@ -85,6 +85,18 @@ def test_init_from_errors(corpus_shards, tmp_path, value, message, hub_offline):
     assert not (tmp_path / "run").exists()
 
 
+def test_init_from_a_file_says_what_it_takes(corpus_shards, tmp_path):
+    """--init-from a file (a checkpoint of ours, a weights file): one line saying it takes a GPT-2 name or a
+    Hugging Face folder, not transformers' 'the config file ... is not a valid JSON file'."""
+    (tmp_path / "ckpt_000004.pt").write_bytes(b"PK\x03\x04 not a config")
+    with pytest.raises(SystemExit) as e:
+        train(corpus_shards, tmp_path / "run", "--init-from", str(tmp_path / "ckpt_000004.pt"))
+    assert str(e.value.code) == (f"error: cannot load --init-from {tmp_path / 'ckpt_000004.pt'}: {tmp_path / 'ckpt_000004.pt'} "
+                                 "is a file, not a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a Hugging Face "
+                                 "GPT-2 folder")
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_from_context_too_short(corpus_shards, hf_dir, tmp_path):
     """--seq-len longer than the pretrained model's context is refused with the flag to change."""
     with pytest.raises(SystemExit) as e:
