@@ -191,6 +191,9 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
                          f"= {tokens_per_micro_step}")
     if cfg.val_every and not cfg.val_steps:
         raise ValueError("--val-steps 0 measures no val batch: give it one or more, or turn val off: --val-every 0")
+    if cfg.sample_every and not (cfg.num_samples and cfg.sample_len):
+        raise ValueError(f"--num-samples {cfg.num_samples} --sample-len {cfg.sample_len} draws no text: give both one "
+                         "or more, or turn samples off: --sample-every 0")
     if (cfg.sample_every or cfg.hellaswag_every) and cfg.vocab_size < N_VOCAB:
         raise ValueError(f"--vocab-size {cfg.vocab_size} is smaller than GPT-2's {N_VOCAB:,}, whose tokens the "
                          "samples and HellaSwag feed the model: turn them off (--sample-every 0 --hellaswag-every 0)")

@@ -604,6 +604,8 @@ def test_bad_data(tmp_path, case, message):
     (["--max-lr", "nan"], 1, "--max-lr must be a finite number, got nan"),
     (["--weight-decay", "inf"], 1, "--weight-decay must be a finite number, got inf"),
     (["--val-steps", "0"], 1, "--val-steps 0 measures no val batch"),
+    (["--num-samples", "0"], 1, "--num-samples 0 --sample-len 8 draws no text: give both one or more, or turn"),
+    (["--sample-len", "0"], 1, "--num-samples 2 --sample-len 0 draws no text"),
     (["--seed", str(2**64)], 1, "--seed must fit in 64 bits, got 18446744073709551616"),
     (["--vocab-size", "1024", "--sample-every", "4"], 1, "--vocab-size 1024 is smaller than GPT-2's 50,257"),
     # weights that no memory of this machine holds: refused, not torch's allocator error (or hours building layers)
