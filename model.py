@@ -331,6 +331,10 @@ class GPT(nn.Module):
         if missing:
             raise ValueError(f"the weights of {name_or_dir} lack {len(missing)} tensors its config.json calls for "
                              f"(e.g. {missing[0]})")
+        unused = sorted(k for k in info["unexpected_keys"] if not k.endswith((".attn.bias", ".attn.masked_bias")))
+        if unused:  # more layers than config.json says: transformers would drop them with a note
+            raise ValueError(f"the weights of {name_or_dir} hold {len(unused)} tensors its config.json doesn't call for "
+                             f"(e.g. {unused[0]})")
         c = hf.config
         # what our blocks hard-code; a config that says otherwise describes a different function
         differences = {

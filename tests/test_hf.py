@@ -85,6 +85,7 @@ def test_from_pretrained_refuses_what_it_cant_compute(tmp_path, field, value):
 
 @pytest.mark.parametrize("case,message", [
     ("more layers", "the weights of .* lack 12 tensors its config.json calls for \\(e.g. transformer.h.2."),
+    ("fewer layers", "the weights of .* hold 11 tensors its config.json doesn't call for \\(e.g. transformer.h.1."),
     ("wider", "the weights of .* have other shapes than its config.json says"),
     ("cut short", "the weights file of .* is damaged: "),
 ])
@@ -98,7 +99,8 @@ def test_from_pretrained_refuses_weights_that_dont_fit(tmp_path, case, message):
         weights = tmp_path / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
     else:
-        config.update(n_layer=3) if case == "more layers" else config.update(n_embd=64)
+        config.update(n_layer=3) if case == "more layers" else config.update(n_layer=1) if case == "fewer layers" \
+            else config.update(n_embd=64)
         (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         GPT.from_pretrained(str(tmp_path))
