@@ -483,6 +483,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--shard-size must be at most {MAX_SHARD_TOKENS:,} (the header counts tokens in an int32)")
     if args.max_tokens < 0:
         p.error("--max-tokens must be 0 (no limit) or positive")
+    cpus = os.cpu_count() or 1
+    if args.workers > 4 * cpus:  # each is a process with its own tokenizer: past the CPUs they only cost memory
+        p.error(f"--workers {args.workers} is more than 4 per CPU (this machine has {cpus}): give at most {4 * cpus}")
     return args
 
 

@@ -392,6 +392,10 @@ def test_bad_input_cli_no_traceback(tmp_path, content, workers, message):
     (["--workers", "-1"], "--workers must be positive"),
     (["--max-tokens", "-5"], "--max-tokens must be 0 (no limit) or positive"),
     (["--shard-size", str(2**31)], "--shard-size must be at most 2,147,483,647 (the header counts tokens in an int32)"),
+    # a process each, with its own tokenizer: a thousand of them on a laptop used to be started, memory permitting
+    (["--workers", str(4 * (os.cpu_count() or 1) + 1)], f"--workers {4 * (os.cpu_count() or 1) + 1} is more than 4 per "
+                                                        f"CPU (this machine has {os.cpu_count() or 1}): give at most "
+                                                        f"{4 * (os.cpu_count() or 1)}"),
 ])
 def test_bad_flags_are_refused_before_any_work(tmp_path, capsys, flags, message):
     """A flag out of range is one argparse line (exit 2), before the out dir is made: a shard size past the
