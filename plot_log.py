@@ -229,8 +229,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.runs):
         p.error(f"--labels gives {len(args.labels)} labels for {len(args.runs)} runs")
-    if args.smooth < 0:
-        p.error("--smooth can't be negative")
+    if not 0 <= args.smooth <= 10**6:  # past ~1e16 the EMA's weight rounds to 1 - 1 = 0: a line of NaN, not drawn
+        p.error(f"--smooth must be between 0 and 1,000,000, got {args.smooth}")
     return args
 
 

@@ -207,3 +207,15 @@ def test_errors_are_one_line(tmp_path, monkeypatch, setup, argv, message):
     text = str(e.value.code)
     assert text.startswith("error: ") and "\n" not in text
     assert message in text
+
+
+@pytest.mark.parametrize("smooth", ["-1", str(10**20)])
+def test_smooth_out_of_range_is_refused(tmp_path, capsys, smooth):
+    """--smooth below 0, or so large that the EMA's weight rounds to zero (the smoothed line, all NaN, would
+    silently not be drawn), is one argparse line; a span of a million still draws."""
+    write_log(tmp_path / "r", run_records(steps=3))
+    with pytest.raises(SystemExit) as e:
+        plot_log.main([str(tmp_path / "r"), "--smooth", smooth])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: --smooth must be between 0 and 1,000,000, got {smooth}")
+    assert all(math.isfinite(v) for v in ema([3.0, 2.0, 1.0], span=10**6))
