@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -141,43 +140,56 @@ class Logger:
 
     def start_new(self) -> None:
         """A new run in this out dir: an earlier run's log (one that left no checkpoint to continue) is kept as
-        log.<n>.jsonl, the first free n, and log.jsonl starts empty."""
-        if not (self.enabled and os.path.isfile(self.path) and os.path.getsize(self.path) > 0):
+        log.<n>.jsonl, the first free n, if it logged a step or an evaluation; log.jsonl starts empty."""
+        if not (self.enabled and os.path.isfile(self.path)):
             return
-        n = 1
-        while os.path.exists(kept := os.path.join(self.out_dir, f"log.{n}.jsonl")):
-            n += 1
-        try:  # copied, not renamed: this run's lock stays on log.jsonl (see lock_log)
-            shutil.copyfile(self.path, kept)
-        except OSError as e:
-            raise SystemExit(f"error: cannot keep the earlier run's log as {kept}: {e.strerror}; nothing was changed") from None
-        print(f"note: {self.path} of an earlier run, which left no checkpoint, is kept as {kept}")
+        with open(self.path, "rb") as f:
+            earlier = f.read()
+        # a run that stopped before its first step (a bad flag for W&B, out of memory) logged its start alone
+        if any(entry(line) is None or "event" not in entry(line) for line in earlier.splitlines() if line.strip()):
+            n = 1
+            while os.path.exists(kept := os.path.join(self.out_dir, f"log.{n}.jsonl")):
+                n += 1
+            try:  # copied whole or not at all, not renamed: this run's lock stays on log.jsonl (see lock_log)
+                with atomic_write(kept) as tmp, open(tmp, "wb") as f:
+                    f.write(earlier)
+            except OSError as e:
+                raise SystemExit(f"error: cannot keep the earlier run's log as {kept}: {e.strerror}; nothing was "
+                                 "changed") from None
+            print(f"note: {self.path} of an earlier run, which left no checkpoint, is kept as {kept}")
         self.truncate(0)
 
     def truncate(self, size: int, redo: int | None = None) -> None:
         """Forget what was logged after a checkpoint that a resumed run now redoes. redo: a step whose
-        evaluations the run does again: its entries at the end of those size bytes go too."""
+        evaluations the run does again: its entries at the end of those size bytes go too (its events stay)."""
         if not (self.enabled and os.path.exists(self.path)):
             return
+        events = b""
         if redo is not None:
             with open(self.path, "rb") as f:
                 lines = f.read(size).splitlines(keepends=True)
-            # the checkpoint came after its step's evaluations; the run's own events ("resume") stay
-            while lines and is_evaluation(lines[-1], redo):
-                size -= len(lines.pop())
+            size = sum(map(len, lines))  # a log shorter than the checkpoint says (cut by hand): its own length
+            # the checkpoint came after its step's evaluations, and perhaps a stop and a resume around them
+            tail = []
+            while lines and (e := entry(lines[-1])) is not None and e.get("step") == redo:
+                tail.insert(0, lines.pop())
+            events = b"".join(line for line in tail if "event" in entry(line))
+            size = sum(map(len, lines))
         # never grow it (truncate() would pad with zero bytes); its length as is: nothing here needs it flushed
         if os.path.getsize(self.path) > size:
-            with open(self.path, "r+") as f:
+            with open(self.path, "r+b") as f:
                 f.truncate(size)
+                f.seek(size)
+                f.write(events)
 
 
-def is_evaluation(line: bytes, step: int) -> bool:
-    """Whether line of the log holds metrics logged at step (its evaluations), not an event of the run."""
+def entry(line: bytes) -> dict | None:
+    """A line of the log as the dict this module wrote; None for a line it can't have written (edited by hand)."""
     try:
-        entry = json.loads(line)
-    except ValueError:  # not a line this module wrote (edited by hand): kept
-        return False
-    return isinstance(entry, dict) and entry.get("step") == step and "event" not in entry
+        e = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return e if isinstance(e, dict) else None
 
 
 def run_info(cfg, device: str, world_size: int) -> dict:

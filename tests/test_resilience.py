@@ -396,19 +396,23 @@ def test_the_log_is_on_disk_before_a_checkpoint_counts_it(tmp_path, monkeypatch)
 
 def test_log_truncate_redo_takes_out_the_steps_evaluations_only(tmp_path):
     """Logger.truncate(size, redo=step) cuts the log at size, then takes out the entries of that step's
-    evaluations just before the cut; the run's events (resume), earlier steps and a line it can't read stay."""
+    evaluations before the cut, also from behind the run's events (a stop, a resume), which stay; earlier
+    steps and a line it can't read stay too. A log shorter than size is not cut in the middle of a line."""
     from run_log import Logger
     path = tmp_path / "log.jsonl"
     lines = ['{"step": 11, "train_loss": 3.0}', "not json", '{"step": 12, "val_loss": 2.5}',
-             '{"step": 12, "event": "resume"}', '{"step": 12, "val_loss": 2.5}', '{"step": 12, "samples": ["a"]}']
-    for redo, kept in [(12, 4), (11, 6), (None, 6)]:
-        path.write_text("".join(line + "\n" for line in lines) + '{"step": 12, "train_loss": 2.9}\n')
+             '{"step": 12, "event": "resume"}', '{"step": 12, "val_loss": 2.5}', '{"step": 12, "event": "stop"}',
+             '{"step": 12, "samples": ["a"]}']
+    events = [lines[3], lines[5]]
+    cases = [(12, lines[:2] + events, 0), (11, lines, 0), (None, lines, 0), (12, lines[:2] + events, 10)]
+    for redo, kept, past_the_end in cases:
+        path.write_text("".join(line + "\n" for line in lines) + ("" if past_the_end else '{"step": 12, "loss": 2.9}\n'))
         logger = Logger(str(tmp_path), enabled=True)
-        try:
-            logger.truncate(sum(len(line) + 1 for line in lines), redo=redo)  # the cut: before the last line
+        try:  # the cut: before the last line, or 10 bytes past the end of a log cut short
+            logger.truncate(sum(len(line) + 1 for line in lines) + past_the_end, redo=redo)
         finally:
             logger.finish()
-        assert path.read_text().splitlines() == lines[:kept]
+        assert path.read_text().splitlines() == kept, (redo, past_the_end)
     path.write_text(lines[1] + "\n" + lines[2] + "\n")
     logger = Logger(str(tmp_path), enabled=True)
     try:

@@ -156,6 +156,18 @@ def test_new_run_keeps_an_earlier_log_without_checkpoints(corpus_shards, tmp_pat
         in capsys.readouterr().out
 
 
+def test_new_run_drops_an_earlier_log_of_its_start_alone(corpus_shards, tmp_path, capsys):
+    """An earlier run that stopped before its first step (W&B refused it, a bad flag for the device) logged its
+    start event alone: the new run empties that log instead of keeping it as log.1.jsonl."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 0, "event": "start", "config": {}}\n')
+    train(corpus_shards, out, "--max-steps", "2", "--warmup-steps", "1", "--checkpoint-every", "0")
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl"]
+    assert [e.get("event") for e in read_log(out)][:1] == ["start"] and len(read_log(out)) > 1
+    assert "kept as" not in capsys.readouterr().out
+
+
 def test_generate_is_deterministic(trained, capsys):
     """generate.py: the same seed gives the same text; another seed, other text; file or dir alike."""
     args = ["--num-samples", "2", "--max-new-tokens", "12", "--device", "cpu"]
