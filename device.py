@@ -14,6 +14,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from errors import one_line
+
 DTYPES = ("auto", "bfloat16", "float32")  # the choices of every script's --dtype
 
 
@@ -120,6 +122,18 @@ def varying_shapes(device_type: str):
         yield
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was_on)
+
+
+@contextmanager
+def out_of_memory_in_one_line(where: str):
+    """The allocator's error for what a user asked (the weights of a model too large for `where`: this machine,
+    a GPU) as one line of error, not its traceback."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.OutOfMemoryError (a GPU) is one too
+        if not (isinstance(e, torch.OutOfMemoryError) or "DefaultCPUAllocator" in str(e)):
+            raise
+        raise SystemExit(f"error: not enough memory on {where} for the model's weights: {one_line(e, limit=200)}") from None
 
 
 def host_memory() -> int:

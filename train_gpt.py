@@ -31,7 +31,7 @@ from checkpoint import (CheckpointError, checkpoint_path, checkpoint_to_resume, 
                         remove_partial_checkpoints, save_checkpoint)
 from dataloader import DataLoaderLite
 from device import (DTYPES, autocast, autocast_dtype, compiled, configure_for_training, host_memory, native_bf16,
-                    pick_device, synchronize, to_device)
+                    out_of_memory_in_one_line, pick_device, synchronize, to_device)
 from distributed import (any_process, full_state, grad_sync, load_full_state, same_in_every_process,
                          setup_distributed, shard_model)
 from errors import one_line
@@ -206,10 +206,12 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     if cfg.fsdp and cfg.optimizer == "muon":
         raise ValueError("--optimizer muon orthogonalises whole weight matrices, which --fsdp splits across the "
                          "processes: leave out --fsdp (each process then holds the whole model), or use --optimizer adamw")
-    n_params = model_config(cfg).num_params()
-    if 4 * n_params > host_memory():  # its float32 weights, built in this machine's memory whatever the device
-        raise ValueError(f"the model would have {n_params:,} parameters, {4 * n_params / 1e9:,.0f} GB in float32: more than "
-                         f"this machine's {host_memory() / 1e9:,.0f} GB (--n-layer, --n-embd, --vocab-size, --block-size)")
+    # float32 weights, built in this machine's memory whatever the device, by each of its processes (--init-from: later)
+    n_params, procs = model_config(cfg).num_params(), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if not cfg.init_from and 4 * n_params * procs > host_memory():
+        raise ValueError(f"the model would have {n_params:,} parameters, {4 * n_params / 1e9:,.1f} GB in float32 "
+                         f"x {procs} process(es): more than this machine's {host_memory() / 1e9:,.1f} GB of memory "
+                         "(--n-layer, --n-embd, --vocab-size, --block-size)")
     if cfg.init_from and not model_config(cfg).is_gpt2:
         raise ValueError(f"--init-from {cfg.init_from} loads GPT-2's architecture: it can't have --rope, --qk-norm, "
                          "--mlp relu2 or --logit-softcap (with --recipe modern, pass --no-rope --no-qk-norm --mlp gelu "
@@ -305,12 +307,10 @@ def build_model(cfg: TrainConfig, device: str, world_size: int, pretrained: GPT 
     """(model, train_model). model is our GPT (under --fsdp its weights sharded): evaluation, sampling and
     checkpoints use it. train_model is what a training step calls: the same model, wrapped by DDP when several
     processes each hold a whole copy, compiled with --compile. Every process starts from the same weights."""
-    try:
-        model = (pretrained or GPT(model_config(cfg))).to(device)
-    except (RuntimeError, torch.OutOfMemoryError) as e:  # a model that fits in no memory left: the allocator's error
-        if not (isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)):
-            raise
-        raise SystemExit(f"error: not enough memory for the model's weights on {device}: {one_line(e, limit=200)}") from None
+    with out_of_memory_in_one_line("this machine"):  # built in its memory, whatever the device
+        model = pretrained or GPT(model_config(cfg))
+    with out_of_memory_in_one_line(device):
+        model = model.to(device)
     train_model = model
     if cfg.fsdp:  # each process keeps 1/world_size of the weights, gradients and optimizer state
         model = train_model = shard_model(model, device)  # in place: still our GPT, its weights sharded

@@ -614,7 +614,7 @@ def test_bad_data(tmp_path, case, message):
     (["--vocab-size", "1024", "--sample-every", "4"], 1, "--vocab-size 1024 is smaller than GPT-2's 50,257"),
     # weights that no memory of this machine holds: refused, not torch's allocator error (or hours building layers)
     (["--n-embd", "1000000000", "--n-head", "1"], 1, "the model would have 24,000,050,396,000,000,000 parameters"),
-    (["--block-size", "100000000000"], 1, "12,800 GB in float32: more than this machine's"),
+    (["--block-size", "100000000000"], 1, "12,800.0 GB in float32 x 1 process(es): more than this machine's"),
     (["--n-layer", "1000000000"], 1, "(--n-layer, --n-embd, --vocab-size, --block-size)"),
 ])
 def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
@@ -623,18 +623,35 @@ def test_bad_flags(tmp_path, monkeypatch, flags, world_size, message):
     assert message in train_error(tmp_path, tmp_path / "no-data-needed", *flags)
 
 
-def test_model_that_memory_cant_hold_stops_with_one_line(corpus_shards, tmp_path, monkeypatch):
-    """A model whose weights pass the size check but can't be allocated after all (memory taken by others):
-    the allocator's reason in one line, not its RuntimeError traceback from deep inside torch."""
-    def no_memory(config):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
-                           "you tried to allocate 201216000000 bytes. Error code 12 (Cannot allocate memory)")
-    monkeypatch.setattr(train_gpt, "GPT", no_memory)
+@pytest.mark.parametrize("where", ["this machine", "cpu"])
+def test_model_that_memory_cant_hold_stops_with_one_line(corpus_shards, tmp_path, monkeypatch, where):
+    """A model whose weights pass the size check but can't be allocated after all (memory taken by others),
+    where it is built or on its device: the allocator's reason in one line naming where, not its RuntimeError
+    traceback from deep inside torch."""
+    error = RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 201216000000 bytes. Error code 12 (Cannot allocate memory)")
+    if where == "this machine":
+        monkeypatch.setattr(train_gpt, "GPT", lambda config: (_ for _ in ()).throw(error))
+    else:
+        monkeypatch.setattr(train_gpt.GPT, "to", lambda self, device: (_ for _ in ()).throw(error))
     with pytest.raises(SystemExit) as e:
         train_gpt.main([*FLAGS, "--data-dir", str(corpus_shards), "--out-dir", str(tmp_path / "out")])
-    assert str(e.value).startswith("error: not enough memory for the model's weights on cpu: [enforce fail at "
+    assert str(e.value).startswith(f"error: not enough memory on {where} for the model's weights: [enforce fail at "
                                    "alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory")
     assert "\n" not in str(e.value) and not list((tmp_path / "out").glob("ckpt_*"))
+
+
+def test_model_size_check_counts_the_processes_of_this_machine(tmp_path, monkeypatch):
+    """Under torchrun each process on a machine builds a whole float32 copy first: the check multiplies by
+    LOCAL_WORLD_SIZE, so a model at 40% of the memory passes alone and is refused for 4 processes."""
+    from device import host_memory
+    n_layer = int(0.4 * host_memory() / 4 / (12 * 1024 ** 2))  # --n-embd 1024: ~12.6M parameters a layer
+    flags = ["--n-layer", str(n_layer), "--n-embd", "1024", "--n-head", "16"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(SystemExit, match=r"GB in float32 x 4 process\(es\): more than this machine's"):
+        train_gpt.parse_config(["--preset", "tiny", *flags])
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert train_gpt.parse_config(["--preset", "tiny", *flags]).n_layer == n_layer
 
 
 def test_resume_with_another_model(corpus_shards, run_dir, tmp_path):
