@@ -25,7 +25,7 @@ probabilities are normalised over 50,257 tokens instead of 50,304, which changes
 training has pushed the never-seen padding ids down.
 
 The folder is written beside --out first (OUT.tmp.XXXX) and renamed into place when complete. An existing
---out is replaced only if it is an earlier export (export_info.json and the files beside it, nothing else) or
+--out is replaced only if it is an earlier export (the files its export_info.json lists, nothing else) or
 with --force, and never if it or a folder below it holds checkpoints, a log.jsonl or token shards.
 """
 
@@ -44,8 +44,8 @@ from model import CONV1D_WEIGHTS, GPT
 from tokenizer import EOT, N_VOCAB, bpe_files_dir
 
 INFO_FILE = "export_info.json"  # what was exported, and the mark of a folder this script wrote
-# the files an export holds (transformers' versions differ in the tokenizer files they add): a folder of these
-# alone, with INFO_FILE, is replaced without --force
+# the files an export holds, for exports whose INFO_FILE doesn't list them (transformers' versions differ in the
+# tokenizer files they add): a folder of these alone, with INFO_FILE, is replaced without --force
 EXPORT_FILES = {INFO_FILE, "config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"}
 MAX_FILES_CHECKED = 10_000  # a folder to replace with --force holding more than this: refused unread
@@ -73,6 +73,23 @@ def is_export(path: str) -> bool:
         return False
 
 
+def export_files(path: str) -> set[str]:
+    """The files the export in path wrote, as its export_info.json lists them (before that list: the usual ones)."""
+    try:
+        with open(os.path.join(path, INFO_FILE)) as f:
+            return set(json.load(f)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return EXPORT_FILES
+
+
+def holds(folder: str, path: str) -> bool:
+    """Whether path is folder or inside it."""
+    try:
+        return os.path.commonpath([folder, path]) == folder
+    except ValueError:  # on two drives (Windows)
+        return False
+
+
 def training_file(out: str) -> str | None:
     """The first file of a training run or its data found in out or a folder below it (a checkpoint, a
     log.jsonl, a token shard), which not even --force deletes; None if there is none."""
@@ -93,8 +110,7 @@ def check_out(out: str, force: bool) -> None:
     out = out.rstrip("/\\") or out  # as export() writes it: "notes/" is the file notes, which it would replace
     if not out:
         raise SystemExit("error: --out is empty: name the folder to write")
-    here = os.getcwd()
-    if os.path.commonpath([os.path.abspath(out), here]) == os.path.abspath(out):  # ".", "..": can't be replaced
+    if holds(os.path.realpath(out), os.path.realpath(os.getcwd())):  # ".", "..": can't be replaced
         raise SystemExit(f"error: --out {out} is the current folder or holds it: choose another folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise SystemExit(f"error: --out {out} is a file, not a folder")
@@ -105,7 +121,8 @@ def check_out(out: str, force: bool) -> None:
             raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
                              "choose another folder, or pass --force to replace it")
         # a file of the user's put in an export, a folder: the export would delete them
-        others = sorted(n for n in os.listdir(out) if n not in EXPORT_FILES or not os.path.isfile(os.path.join(out, n)))
+        written = export_files(out)
+        others = sorted(n for n in os.listdir(out) if n not in written or not os.path.isfile(os.path.join(out, n)))
         if others:
             raise SystemExit(f"error: --out {out} is an earlier export with more in it ({', '.join(others)}): "
                              "choose another folder, or pass --force to replace it")
@@ -143,7 +160,7 @@ def write_folder(model: GPT, path: str, info: dict) -> None:
     tok = transformers.GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=c.block_size)
     tok.save_pretrained(path)  # tokenizer.json (the fast tokenizer whole) and tokenizer_config.json
     with open(os.path.join(path, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2)
+        json.dump({**info, "files": sorted(set(os.listdir(path)) | {INFO_FILE})}, f, indent=2)  # what a new export replaces
     for name in os.listdir(path):  # model.safetensors comes out 0600 (a temporary file, renamed): as the others
         os.chmod(os.path.join(path, name), 0o666 & ~current_umask())
 

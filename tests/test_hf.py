@@ -318,5 +318,18 @@ def test_export_to_no_folder_or_the_current_one_is_refused_up_front(run, tmp_pat
     work.mkdir()
     monkeypatch.chdir(work)
     with pytest.raises(SystemExit, match="^error: --out (is empty|.* is the current folder or holds it)"):
-        export_hf.main(["--checkpoint", run[0], "--out", out, "--force"])
+        export_hf.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", out, "--force"])  # not read: --out first
     assert os.listdir(work) == [] and os.listdir(tmp_path) == ["work"]
+
+
+def test_export_lists_its_files_and_replaces_exactly_those(run, tmp_path):
+    """export_info.json lists the files the export wrote; a later export replaces a folder of those alone
+    without --force, whatever files this version of transformers writes, and refuses one with another file."""
+    out = tmp_path / "hf"
+    export_hf.main(["--checkpoint", run[0], "--out", str(out)])
+    info = json.loads((out / "export_info.json").read_text())
+    assert info["files"] == sorted(os.listdir(out))
+    info["files"].remove("vocab.json")  # as if an earlier version hadn't written it
+    (out / "export_info.json").write_text(json.dumps(info))
+    with pytest.raises(SystemExit, match=r"is an earlier export with more in it \(vocab.json\)"):
+        export_hf.main(["--checkpoint", run[0], "--out", str(out)])
