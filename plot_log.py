@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
 from atomic_write import atomic_write
+from errors import one_line
 
 # -----------------------------------------------------------------------------
 # reading a log
@@ -32,8 +33,11 @@ from atomic_write import atomic_write
 def _number(value, name: str, where: str) -> float:
     # bool is an int in Python, but a loss of `true` is a broken log, not 1.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SystemExit(f"error: {where}: {name} is {json.dumps(value)}, not a number")
-    return float(value)
+        raise SystemExit(f"error: {where}: {name} is {json.dumps(value)[:40]}, not a number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise SystemExit(f"error: {where}: {name} is {str(value)[:40]}..., too large a number") from None
 
 
 def read_log(path: str) -> dict:
@@ -58,13 +62,14 @@ def read_log(path: str) -> dict:
             continue
         try:
             rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also an integer past Python's 4,300 digits
             if lineno == len(lines) and not complete:
                 # a run killed in the middle of a write leaves half a line at the end: everything before it is good
                 print(f"warning: {where}: skipping a half-written last line", file=sys.stderr)
                 continue
             reason = ("not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON (nested too deeply)"
-                      if isinstance(e, RecursionError) else f"not JSON ({e.msg} at column {e.colno})")
+                      if isinstance(e, RecursionError) else f"not JSON ({e.msg} at column {e.colno})"
+                      if isinstance(e, json.JSONDecodeError) else f"not JSON ({one_line(e, limit=60)})")
             raise SystemExit(f"error: {where}: {reason}") from None
         if not isinstance(rec, dict):
             raise SystemExit(f"error: {where}: {json.dumps(rec)[:40]} is not a JSON object")

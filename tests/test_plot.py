@@ -197,6 +197,11 @@ def test_failed_write_keeps_the_earlier_plot(tmp_path, monkeypatch, capsys):
     (lambda d: write_log(d / "r", [{"step": 0, "event": "start", "config": {"total_batch_size": -5}},
                                    {"step": 1, "train_loss": 2.0}]), ["r"], "total_batch_size is -5, not a positive"),
     (lambda d: write_log(d / "r", [{"step": 10 ** 400, "train_loss": 2.0}]), ["r"], "log.jsonl:1: no integer 'step' (got 1000"),
+    (lambda d: write_log(d / "r", [{"step": 0, "event": "start", "config": {"total_batch_size": 10 ** 400}},
+                                   {"step": 1, "train_loss": 2.0}]), ["r"], "log.jsonl:1: total_batch_size is 1000"),
+    (lambda d: write_log(d / "r", [{"step": 1, "train_loss": 10 ** 400}]), ["r"], "train_loss is 1000"),
+    (lambda d: write_log(d / "r", [{"step": 0, "val_loss": 1.0}], tail='{"step": ' + "9" * 5000 + "}\n"), ["r"],
+     "log.jsonl:2: not JSON (Exceeds the limit"),
 ])
 def test_errors_are_one_line(tmp_path, monkeypatch, setup, argv, message):
     """Each bad input stops with one line `error: ...` naming what is wrong (and the file:line of a bad line)."""
