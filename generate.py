@@ -64,7 +64,8 @@ def load_model(args: argparse.Namespace) -> GPT:
         try:
             return GPT.from_pretrained(args.model)
         except (ImportError, OSError, ValueError) as e:  # no transformers, no network and no cached copy, ...
-            raise SystemExit(f"error: cannot load --model {args.model}: {one_line(e)}") from None
+            hint = " (a checkpoint of train_gpt.py: --checkpoint)" if os.path.isfile(args.model) else ""
+            raise SystemExit(f"error: cannot load --model {args.model}: {one_line(e)}{hint}") from None
     name, ckpt = open_checkpoint(args.checkpoint)
     return model_from_checkpoint(ckpt, name)
 

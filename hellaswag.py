@@ -384,6 +384,8 @@ def load_pretrained(name_or_dir: str) -> GPT:
         # (our ValueErrors, for a config we can't compute or weights that don't fit it, name the model already)
         if isinstance(e, OSError):
             reason = f"cannot load a model from {name_or_dir}: {reason}"
+        if os.path.isfile(name_or_dir):  # a checkpoint of ours given to --model
+            reason += " (a checkpoint of train_gpt.py: --checkpoint)"
         raise HellaSwagError(reason) from None
     return model
 

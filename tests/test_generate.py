@@ -395,6 +395,20 @@ def test_cut_short_weights_file_is_one_line(tmp_path):
         generate.main(["--model", str(tmp_path), "--device", "cpu"])
     assert "\n" not in str(e.value)
 
+def test_model_given_a_checkpoint_file_points_to_checkpoint(tmp_path):
+    """--model a file (a checkpoint of ours given to the wrong flag): one line saying what --model takes and
+    that a checkpoint goes to --checkpoint, in generate.py and hellaswag.py alike."""
+    path = tmp_path / "ckpt_000040.pt"
+    path.write_bytes(b"PK\x03\x04")
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--model", str(path), "--device", "cpu"])
+    assert str(e.value) == (f"error: cannot load --model {path}: {path} is a file, not a GPT-2 name (gpt2, gpt2-medium, "
+                            "gpt2-large, gpt2-xl) or a Hugging Face GPT-2 folder (a checkpoint of train_gpt.py: --checkpoint)")
+    import hellaswag
+    with pytest.raises(hellaswag.HellaSwagError, match=r"is a file, .* \(a checkpoint of train_gpt.py: --checkpoint\)$"):
+        hellaswag.load_pretrained(str(path))
+
+
 # -----------------------------------------------------------------------------
 # generate.py's sampling flags reach the sampler
 
