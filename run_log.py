@@ -167,14 +167,13 @@ class Logger:
         events = b""
         if redo is not None:
             with open(self.path, "rb") as f:
-                lines = f.read(size).splitlines(keepends=True)
-            size = sum(map(len, lines))  # a log shorter than the checkpoint says (cut by hand): its own length
+                lines = f.read(size).splitlines(keepends=True)  # (fewer bytes in a log cut by hand)
             # the checkpoint came after its step's evaluations, and perhaps a stop and a resume around them
             tail = []
             while lines and (e := entry(lines[-1])) is not None and e.get("step") == redo:
                 tail.insert(0, lines.pop())
             events = b"".join(line for line in tail if "event" in entry(line))
-            size = sum(map(len, lines))
+            size = sum(map(len, lines))  # where the kept lines end: never in the middle of one
         # never grow it (truncate() would pad with zero bytes); its length as is: nothing here needs it flushed
         if os.path.getsize(self.path) > size:
             with open(self.path, "r+b") as f:
