@@ -38,7 +38,7 @@ import shutil
 import torch
 
 from atomic_write import atomic_write, current_umask
-from checkpoint import list_checkpoints, model_from_checkpoint, open_checkpoint
+from checkpoint import checkpoint_step, list_checkpoints, model_from_checkpoint, open_checkpoint
 from errors import os_reason
 from model import CONV1D_WEIGHTS, GPT
 from tokenizer import EOT, N_VOCAB, bpe_files_dir
@@ -64,22 +64,17 @@ def hf_state_dict(model: GPT, n_vocab: int = N_VOCAB) -> dict[str, torch.Tensor]
     return sd
 
 
-def is_export(path: str) -> bool:
-    """Whether path is a folder this script wrote (and so may be replaced without --force)."""
+def export_files(path: str) -> set[str] | None:
+    """The files of the export this script wrote in path, as its export_info.json lists them (an export from
+    before that list: the usual ones); None if path is not an export of this script."""
     try:
         with open(os.path.join(path, INFO_FILE)) as f:
-            return json.load(f).get("exported_by") == "export_hf.py"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def export_files(path: str) -> set[str]:
-    """The files the export in path wrote, as its export_info.json lists them (before that list: the usual ones)."""
-    try:
-        with open(os.path.join(path, INFO_FILE)) as f:
-            return set(json.load(f)["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return EXPORT_FILES
+            info = json.load(f)
+        if info.get("exported_by") != "export_hf.py":
+            return None
+        return set(info.get("files", EXPORT_FILES))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def holds(folder: str, path: str) -> bool:
@@ -96,7 +91,7 @@ def training_file(out: str) -> str | None:
     seen = 0
     for folder, dirs, files in os.walk(out):
         for name in files:
-            if re.fullmatch(r"ckpt_\d+\.pt|log\.jsonl|(train|val)_\d+\.bin", name):
+            if checkpoint_step(name) is not None or re.fullmatch(r"log\.jsonl|(train|val)_\d+\.bin", name):
                 return os.path.join(folder, name)
         seen += len(files) + len(dirs)
         if seen > MAX_FILES_CHECKED:
@@ -117,11 +112,11 @@ def check_out(out: str, force: bool) -> None:
     if list_checkpoints(out):  # even with --force, which the error below suggests: it would delete the run
         raise SystemExit(f"error: --out {out} holds the checkpoints of a training run: choose another folder")
     if os.path.isdir(out) and os.listdir(out) and not force:
-        if not is_export(out):
+        written = export_files(out)
+        if written is None:
             raise SystemExit(f"error: --out {out} is not empty and not an earlier export: "
                              "choose another folder, or pass --force to replace it")
         # a file of the user's put in an export, a folder: the export would delete them
-        written = export_files(out)
         others = sorted(n for n in os.listdir(out) if n not in written or not os.path.isfile(os.path.join(out, n)))
         if others:
             raise SystemExit(f"error: --out {out} is an earlier export with more in it ({', '.join(others)}): "

@@ -146,7 +146,8 @@ class Logger:
         with open(self.path, "rb") as f:
             earlier = f.read()
         # a run that stopped before its first step (a bad flag for W&B, out of memory) logged its start alone
-        if any(entry(line) is None or "event" not in entry(line) for line in earlier.splitlines() if line.strip()):
+        entries = [entry(line) for line in earlier.splitlines() if line.strip()]
+        if any(e is None or "event" not in e for e in entries):
             n = 1
             while os.path.exists(kept := os.path.join(self.out_dir, f"log.{n}.jsonl")):
                 n += 1
